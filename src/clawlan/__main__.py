@@ -1,0 +1,3 @@
+from clawlan.cli import main
+
+raise SystemExit(main())
