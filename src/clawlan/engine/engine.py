@@ -1,0 +1,262 @@
+"""The engine loop: ``step()`` on its own thread, ``submit`` / ``cancel`` for asyncio.
+
+``step()`` is schedule, run, postprocess. Everything that touches llama.cpp
+happens on the engine thread, so no native call races another; callers only
+hand requests over under a lock and receive events through their event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from clawlan.engine.request import Event, Request
+from clawlan.engine.runner import Runner
+from clawlan.engine.scheduler import Scheduler, Step
+from clawlan.engine.sequence import Sequence, Status
+from clawlan.errors import ClawlanError
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Event], None]
+
+
+@dataclass
+class EngineStats:
+    """Counters the metrics endpoint reads (written by the engine thread only)."""
+
+    steps: int = 0
+    step_seqs: list[int] = field(default_factory=list)  # sequences per decode since last read
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class Engine:
+    def __init__(self, scheduler: Scheduler, runner: Runner, clock: Callable[[], float] = time.monotonic) -> None:
+        self.scheduler = scheduler
+        self.runner = runner
+        self.clock = clock
+        self.stats = EngineStats()
+        self._live: dict[str, tuple[Sequence, Emit]] = {}
+        self._inbox: list[tuple[Sequence, Emit]] = []
+        self._cancels: list[str] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.on_step: Callable[[Step, float], None] | None = None
+
+    # -- called from any thread ----------------------------------------------
+    def add(self, request: Request, emit: Emit) -> None:
+        with self._cond:
+            self._inbox.append((Sequence(request, self.clock()), emit))
+            self._cond.notify()
+
+    def cancel(self, request_id: str) -> None:
+        with self._cond:
+            self._cancels.append(request_id)
+            self._cond.notify()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="clawlan-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread:
+            self._thread.join()
+
+    @property
+    def n_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    # -- asyncio side ----------------------------------------------------------
+    async def submit(self, request: Request) -> AsyncIterator[Event]:
+        """Run ``request``; yield its events. Leaving the loop early cancels it."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.add(request, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
+        done = False
+        try:
+            while True:
+                ev = await queue.get()
+                if ev.finish_reason is not None:
+                    done = True
+                yield ev
+                if done:
+                    return
+        finally:
+            if not done:
+                self.cancel(request.request_id)
+
+    # -- engine thread ---------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._inbox or self._cancels or self.scheduler.has_work() or self._stopping):
+                    self._cond.wait()
+                if self._stopping:
+                    break
+            self._drain()
+            wait = self.scheduler.wait_time(self.clock())
+            if wait > 0:
+                with self._cond:
+                    if not self._inbox and not self._cancels:
+                        self._cond.wait(wait)  # an arrival wakes us early; wait_time is re-checked
+                continue
+            try:
+                self.step()
+            except Exception as exc:  # never let the engine thread die
+                log.exception("engine step failed")
+                self._fail_all(f"engine error: {exc}")
+        self._fail_all("server shutting down")
+
+    def _drain(self) -> None:
+        with self._cond:
+            inbox, self._inbox = self._inbox, []
+            cancels, self._cancels = self._cancels, []
+        for seq, emit in inbox:
+            try:
+                self.runner.prepare(seq)
+            except ClawlanError as exc:
+                emit(Event(seq.request_id, finish_reason="error", error=str(exc), prompt_tokens=seq.n_prompt))
+                continue
+            self._live[seq.request_id] = (seq, emit)
+            self.scheduler.add(seq)
+        for rid in cancels:
+            if rid in self._live:
+                self._end(self._live[rid][0], "cancelled")
+
+    def step(self) -> None:
+        """One decode: schedule, run, postprocess."""
+        step = self.scheduler.schedule(self.clock())
+        self._report_dropped()
+        if not step:
+            return
+        t0 = self.clock()
+        status, sampled = self.runner.run(step)
+        if status == 1:
+            try:
+                self.scheduler.on_out_of_memory(step)
+            except MemoryError as exc:
+                self._fail_all(str(exc))
+            return
+        if status != 0:
+            self.scheduler.rollback(step)
+            for c in step.chunks:
+                if c.seq.status is Status.RUNNING:
+                    self._end(c.seq, "error", error=f"llama_decode failed with status {status}")
+            return
+        self.scheduler.commit(step)
+        self.stats.steps += 1
+        self.stats.step_seqs.append(len(step.chunks))
+        if self.on_step:
+            self.on_step(step, self.clock() - t0)
+        self._postprocess(sampled)
+
+    def _postprocess(self, sampled: dict[Sequence, int]) -> None:
+        now = self.clock()
+        for seq, token in sampled.items():
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+                self.stats.prompt_tokens += seq.n_prompt
+                self.stats.cached_tokens += seq.n_cached or 0
+            reason = self.scheduler.append_token(seq, token, self.runner.is_eog(token))
+            text = ""
+            if reason != "stop":
+                self.stats.generated_tokens += 1
+                text = seq.text.feed(self.runner.piece(token))
+                if seq.text.stopped:
+                    reason = "stop"
+            if reason:
+                # An end-of-generation token is not output; a stop string's token is (its text is cut).
+                self._end(seq, reason, text=text, token=None if not text and reason == "stop" else token)
+            else:
+                self._emit(seq, Event(seq.request_id, text=text, token_ids=[token]))
+
+    def _end(self, seq: Sequence, reason: str, text: str = "", token: int | None = None, error: str | None = None) -> None:
+        if seq.status is Status.FINISHED:
+            return
+        text += seq.text.flush()
+        self.scheduler.finish(seq, reason, self.clock())
+        self.runner.release(seq)
+        _, emit = self._live.pop(seq.request_id, (seq, None))
+        if emit is not None:
+            emit(
+                Event(
+                    seq.request_id,
+                    text=text,
+                    token_ids=[] if token is None else [token],
+                    finish_reason=reason,
+                    error=error,
+                    prompt_tokens=seq.n_prompt,
+                    cached_tokens=seq.n_cached or 0,
+                    completion_tokens=seq.n_generated,
+                )
+            )
+        seq.finish_reason = reason
+
+    def _emit(self, seq: Sequence, ev: Event) -> None:
+        entry = self._live.get(seq.request_id)
+        if entry:
+            entry[1](ev)
+
+    def _report_dropped(self) -> None:
+        for seq in self.scheduler.dropped:
+            self.runner.release(seq)
+            _, emit = self._live.pop(seq.request_id, (seq, None))
+            if emit is not None:
+                emit(Event(seq.request_id, finish_reason="length", error="the KV cache cannot hold this request"))
+        self.scheduler.dropped.clear()
+
+    def _fail_all(self, message: str) -> None:
+        for seq, _ in list(self._live.values()):
+            if seq.status is Status.FINISHED:
+                continue
+            if seq.status is Status.RUNNING or seq in self.scheduler.waiting:
+                self._end(seq, "error", error=message)
+        self._live.clear()
+
+
+@dataclass
+class EngineConfig:
+    batch_size: int = 8
+    max_wait_ms: int = 50
+    kv_tokens: int = 8192  # KV cells shared by all sequences
+    max_seq_tokens: int = 4096  # one request's context
+    token_budget: int = 512  # tokens per llama_decode (chunked prefill)
+    threads: int = 2
+    cache_slots: int | None = None  # idle prefix-cache entries kept; default: batch_size
+
+
+def build_engine(model: object, cfg: EngineConfig) -> Engine:
+    """The real engine: one llama.cpp context over ``model`` (a loaded :class:`~clawlan.engine.llama.Model`)."""
+    from clawlan.engine.kv_cache import KVCache
+    from clawlan.engine.llama import Context, Model
+    from clawlan.engine.runner import LlamaRunner
+
+    assert isinstance(model, Model)
+    cache_slots = cfg.batch_size if cfg.cache_slots is None else cfg.cache_slots
+    n_slots = min(256, cfg.batch_size + max(1, cache_slots))  # llama.cpp allows at most 256 sequence ids
+    ctx = Context(model, n_ctx=cfg.kv_tokens, n_batch=cfg.token_budget, n_seq=n_slots, threads=cfg.threads)
+    kv = KVCache(ctx.n_ctx, n_slots, ctx)
+    sched = Scheduler(
+        kv,
+        batch_size=cfg.batch_size,
+        token_budget=cfg.token_budget,
+        max_wait_s=cfg.max_wait_ms / 1000.0,
+        max_seq_tokens=min(cfg.max_seq_tokens, ctx.n_ctx),
+    )
+    engine = Engine(sched, LlamaRunner(model, ctx))
+    engine.context = ctx  # type: ignore[attr-defined]
+    return engine

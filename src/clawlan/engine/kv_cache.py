@@ -1,0 +1,185 @@
+"""KV cell accounting and the prefix cache.
+
+llama.cpp runs one *unified* KV cache: every cell holds one token's K and V
+and may belong to several sequence ids at once. ``llama_memory_seq_cp`` on a
+unified cache only tags existing cells with another id, so sharing a prefix
+costs no memory and no copy. This module mirrors that state exactly: each
+llama.cpp sequence id is a :class:`Slot` holding the tokens in its KV and the
+cells they occupy; a refcount per cell tells when a cell is really free.
+
+Prefix-cache policy
+-------------------
+* A finished request's slot keeps its KV as an *idle* cache entry.
+* A new prompt is matched against every slot, running or idle; the longest
+  common prefix wins. If the winner is idle and its whole content is a prefix
+  of the prompt (the previous turn of the same conversation), the request
+  takes the slot over. Otherwise it gets a free slot and the shared prefix is
+  copied into it (cells shared, not duplicated), so a system prompt used by
+  many sessions stays cached for all of them.
+* When slot ids or cells run short, idle entries are evicted least recently
+  used first. Only then does the scheduler preempt running sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+class MemoryOps(Protocol):
+    """The two llama.cpp memory calls the cache needs (a fake in unit tests)."""
+
+    def seq_rm(self, seq_id: int, p0: int, p1: int) -> None: ...
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
+
+
+@dataclass
+class Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    cells: list[int] = field(default_factory=list)
+    busy: bool = False  # a running sequence owns it
+    last_used: float = 0.0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix; slices compare in C, so binary search is fast for long prompts."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class KVCache:
+    def __init__(self, n_cells: int, n_slots: int, ops: MemoryOps) -> None:
+        self.n_cells = n_cells
+        self.ops = ops
+        self.refs = np.zeros(n_cells, dtype=np.int32)
+        self._free: list[int] = list(range(n_cells - 1, -1, -1))
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self.hit_tokens = 0  # prompt tokens served from the cache, for metrics
+
+    # -- accounting -----------------------------------------------------
+    @property
+    def n_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def n_used(self) -> int:
+        return self.n_cells - len(self._free)
+
+    def idle_cells(self) -> int:
+        """Cells that only idle cache entries hold: usable after eviction."""
+        ids = [c for s in self.slots if not s.busy for c in s.cells]
+        if not ids:
+            return 0
+        arr = np.unique(np.asarray(ids, dtype=np.int64))
+        busy = [c for s in self.slots if s.busy for c in s.cells]
+        if busy:
+            arr = np.setdiff1d(arr, np.asarray(busy, dtype=np.int64), assume_unique=False)
+        return int(arr.size)
+
+    def reclaimable(self) -> int:
+        return self.n_free + self.idle_cells()
+
+    def _release_cells(self, cells: list[int]) -> None:
+        if not cells:
+            return
+        idx = np.asarray(cells, dtype=np.int64)
+        self.refs[idx] -= 1  # a slot never holds a cell twice, so fancy indexing is exact
+        freed = idx[self.refs[idx] == 0]
+        self._free.extend(freed.tolist())
+
+    # -- slots ----------------------------------------------------------
+    def acquire(self, prompt: list[int], now: float) -> tuple[int, int] | None:
+        """Give ``prompt`` a slot; return (seq_id, tokens already in its KV) or None if none is free."""
+        best, best_len = None, 0
+        for s in self.slots:
+            if s.tokens:
+                n = common_prefix(s.tokens, prompt)
+                if n > best_len:
+                    best, best_len = s, n
+        # At least one prompt token must be computed to get logits for the first sample.
+        best_len = min(best_len, len(prompt) - 1)
+        empty = next((s for s in self.slots if not s.busy and not s.tokens), None)
+        if best is not None and not best.busy and best_len == len(best.tokens):
+            target = best  # the previous turn of this conversation: extend it in place
+        elif empty is not None:
+            target = empty
+        elif best is not None and not best.busy:
+            target = best
+        else:
+            idle = [s for s in self.slots if not s.busy]
+            if not idle:
+                return None
+            target = min(idle, key=lambda s: s.last_used)
+            self.drop(target.seq_id)
+        if target is best:
+            self.trim(target.seq_id, best_len)
+        elif best is not None and best_len > 0:
+            self.trim(target.seq_id, 0)
+            self.ops.seq_cp(best.seq_id, target.seq_id, 0, best_len)
+            target.tokens = best.tokens[:best_len]
+            target.cells = best.cells[:best_len]
+            self.refs[np.asarray(target.cells, dtype=np.int64)] += 1
+        else:
+            self.trim(target.seq_id, 0)
+            best_len = 0
+        target.busy = True
+        target.last_used = now
+        self.hit_tokens += best_len
+        return target.seq_id, best_len
+
+    def allocate(self, seq_id: int, tokens: list[int]) -> bool:
+        """Reserve cells for ``tokens`` appended to the slot; False (and no change) if too few are free."""
+        if len(tokens) > len(self._free):
+            return False
+        slot = self.slots[seq_id]
+        new = [self._free.pop() for _ in range(len(tokens))]
+        self.refs[np.asarray(new, dtype=np.int64)] += 1
+        slot.cells.extend(new)
+        slot.tokens.extend(tokens)
+        return True
+
+    def trim(self, seq_id: int, keep: int) -> None:
+        """Keep the first ``keep`` tokens of a slot; free the rest here and in llama.cpp."""
+        slot = self.slots[seq_id]
+        if keep >= len(slot.tokens):
+            return
+        self.ops.seq_rm(seq_id, keep, -1)
+        self._release_cells(slot.cells[keep:])
+        del slot.cells[keep:]
+        del slot.tokens[keep:]
+
+    def release(self, seq_id: int, now: float, keep: bool = True) -> None:
+        """A request is done with its slot; its KV stays as an idle cache entry unless ``keep`` is False."""
+        slot = self.slots[seq_id]
+        slot.busy = False
+        slot.last_used = now
+        if not keep:
+            self.trim(seq_id, 0)
+
+    def drop(self, seq_id: int) -> None:
+        self.trim(seq_id, 0)
+
+    def evict(self, need: int) -> bool:
+        """Evict idle entries, least recently used first, until ``need`` cells are free."""
+        for slot in sorted((s for s in self.slots if not s.busy and s.tokens), key=lambda s: s.last_used):
+            if self.n_free >= need:
+                break
+            self.drop(slot.seq_id)
+        return self.n_free >= need
+
+    def cached_tokens(self) -> int:
+        """Tokens held by idle entries (the prefix cache's size)."""
+        return sum(len(s.tokens) for s in self.slots if not s.busy)

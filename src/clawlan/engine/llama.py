@@ -1,0 +1,230 @@
+"""llama.cpp through llama-cpp-python's low-level bindings: one model, one context.
+
+Only the C API is used (``llama_batch``, ``llama_decode``, ``llama_memory_seq_*``,
+samplers), never the binding's ``Llama`` class, because our scheduler decides
+what goes into every decode. ctypes releases the GIL for each native call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from pathlib import Path
+
+import llama_cpp as L
+import numpy as np
+
+from clawlan.errors import EngineError, ModelFileError
+
+log = logging.getLogger(__name__)
+
+GGML_LOG_LEVEL_ERROR = 4  # ggml.h: NONE, DEBUG, INFO, WARN, ERROR
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+@L.llama_log_callback
+def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # llama.cpp prints every tensor at load; keep only errors, through logging.
+    if level == GGML_LOG_LEVEL_ERROR:
+        log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+def init_backend(verbose: bool = False) -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            if not verbose:
+                L.llama_log_set(_quiet_log, ctypes.c_void_p())
+            L.llama_backend_init()
+            _backend_ready = True
+
+
+class Model:
+    """Weights and vocabulary, loaded once and shared by any number of contexts."""
+
+    def __init__(self, path: str | Path, gpu_layers: int = 0, verbose: bool = False) -> None:
+        init_backend(verbose)
+        self.path = Path(path)
+        params = L.llama_model_default_params()
+        params.n_gpu_layers = 999 if gpu_layers < 0 else gpu_layers
+        self.ptr = L.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self.ptr:
+            raise ModelFileError(f"llama.cpp could not load {self.path}; check it with: clawlan doctor")
+        self.vocab = L.llama_model_get_vocab(self.ptr)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = L.llama_model_n_ctx_train(self.ptr)
+        self.size_bytes = L.llama_model_size(self.ptr)
+        self.bos = L.llama_vocab_bos(self.vocab)
+        self.eos = L.llama_vocab_eos(self.vocab)
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (L.llama_token * cap)()
+            n = L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for; control tokens render as nothing."""
+        got = self._pieces.get(token)
+        if got is None:
+            buf = ctypes.create_string_buffer(64)
+            n = L.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = L.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+            got = self._pieces[token] = buf.raw[:n]
+        return got
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        got = self._eog.get(token)
+        if got is None:
+            got = self._eog[token] = bool(L.llama_vocab_is_eog(self.vocab, token))
+        return got
+
+    def token_id(self, text: str) -> int | None:
+        """The id of a special token such as ``<end_of_turn>``, if the vocabulary has it as one token."""
+        ids = self.tokenize(text, add_special=False, parse_special=True)
+        return ids[0] if len(ids) == 1 else None
+
+    def chat_template(self) -> str | None:
+        raw = L.llama_model_chat_template(self.ptr, None)
+        return raw.decode("utf-8") if raw else None
+
+    def close(self) -> None:
+        if self.ptr:
+            L.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+class Context:
+    """One llama.cpp context with a unified KV cache shared by ``n_seq`` sequence ids."""
+
+    def __init__(self, model: Model, n_ctx: int, n_batch: int, n_seq: int, threads: int) -> None:
+        self.model = model
+        p = L.llama_context_default_params()
+        p.n_ctx = n_ctx
+        p.n_batch = n_batch
+        p.n_ubatch = n_batch
+        p.n_seq_max = n_seq
+        p.n_threads = threads
+        p.n_threads_batch = threads
+        # One cache for all sequences, so seq_cp shares cells instead of copying them.
+        p.kv_unified = True
+        # Keep sliding-window layers' KV for every position; otherwise old cells are pruned
+        # and a cached prefix longer than the window could not be reused.
+        p.swa_full = True
+        p.no_perf = True
+        self.ptr = L.llama_init_from_model(model.ptr, p)
+        if not self.ptr:
+            raise EngineError(
+                f"llama.cpp could not create a context of {n_ctx} tokens; lower --ctx or --batch-size"
+            )
+        self.n_ctx = L.llama_n_ctx(self.ptr)
+        self.n_batch = n_batch
+        self.memory = L.llama_get_memory(self.ptr)
+        self.batch = L.llama_batch_init(n_batch, 0, 1)
+        self._tok = np.ctypeslib.as_array(self.batch.token, shape=(n_batch,))
+        self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(n_batch,))
+        self._nseq = np.ctypeslib.as_array(self.batch.n_seq_id, shape=(n_batch,))
+        self._logits = np.ctypeslib.as_array(self.batch.logits, shape=(n_batch,))
+        self._nseq[:] = 1
+        self._vocab = model.n_vocab
+
+    # MemoryOps for the KV cache accounting
+    def seq_rm(self, seq_id: int, p0: int, p1: int) -> None:
+        L.llama_memory_seq_rm(self.memory, seq_id, p0, p1)
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        L.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def decode(self, parts: list[tuple[int, int, list[int], bool]]) -> tuple[int, list[int]]:
+        """Decode chunks ``(seq_id, start_pos, tokens, want_logits)`` in one batch.
+
+        Returns llama_decode's status and, per chunk that wanted logits, the batch
+        index whose logits to sample from.
+        """
+        i = 0
+        out: list[int] = []
+        seq_id = self.batch.seq_id
+        for sid, start, tokens, want in parts:
+            n = len(tokens)
+            self._tok[i : i + n] = tokens
+            self._pos[i : i + n] = np.arange(start, start + n, dtype=np.int32)
+            self._logits[i : i + n] = 0
+            for j in range(i, i + n):
+                seq_id[j][0] = sid
+            i += n
+            if want:
+                self._logits[i - 1] = 1
+                out.append(i - 1)
+        self.batch.n_tokens = i
+        return L.llama_decode(self.ptr, self.batch), out
+
+    def logits(self, index: int) -> np.ndarray:
+        ptr = L.llama_get_logits_ith(self.ptr, index)
+        return np.ctypeslib.as_array(ptr, shape=(self._vocab,))
+
+    def clear(self) -> None:
+        L.llama_memory_clear(self.memory, True)
+
+    def close(self) -> None:
+        if self.ptr:
+            L.llama_batch_free(self.batch)
+            L.llama_free(self.ptr)
+            self.ptr = None
+
+
+class Sampler:
+    """A llama.cpp sampler chain for one sequence (penalties, grammar, top-k/p, temperature)."""
+
+    def __init__(self, model: Model, params: object) -> None:
+        from clawlan.engine.request import SamplingParams
+
+        assert isinstance(params, SamplingParams)
+        self.ptr = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        add = lambda s: L.llama_sampler_chain_add(self.ptr, s)  # noqa: E731
+        if params.grammar is not None:
+            g = L.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
+            if not g:
+                L.llama_sampler_free(self.ptr)
+                self.ptr = None
+                raise EngineError("llama.cpp rejected the grammar (GBNF parse error)")
+            add(g)
+        if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
+            add(
+                L.llama_sampler_init_penalties(
+                    params.penalty_last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+                )
+            )
+        if params.greedy:
+            add(L.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                add(L.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                add(L.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0.0:
+                add(L.llama_sampler_init_min_p(params.min_p, 1))
+            add(L.llama_sampler_init_temp(params.temperature))
+            seed = params.seed if params.seed is not None else int(np.random.randint(0, 2**31 - 1))
+            add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: Context, index: int) -> int:
+        return int(L.llama_sampler_sample(self.ptr, ctx.ptr, index))
+
+    def close(self) -> None:
+        if self.ptr:
+            L.llama_sampler_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,240 @@
+"""Which sequences run in each engine step.
+
+Policy, in order:
+
+1. **Admission** is FCFS. A waiting sequence is admitted while fewer than
+   ``batch`` sequences run and the KV cache can hold its uncomputed tokens
+   (counting cells that evicting idle cache entries would free).
+2. **Decoding sequences first**: each gets one token per step, so a long
+   prompt arriving never freezes running streams.
+3. **Chunked prefill** fills the rest of the step's token budget with prompt
+   chunks, oldest request first.
+4. **KV pressure**: idle prefix-cache entries are evicted first; if cells
+   still run out, the newest running sequence is preempted. It keeps its
+   tokens and is recomputed when readmitted, so it resumes where it stopped.
+5. **max_wait_ms**: when the engine is idle and a request arrives, it waits
+   up to that long (or until a full batch is waiting) so arrivals prefill
+   together.
+6. **Out of memory**: when ``llama_decode`` finds no room, the effective
+   batch drops by one (the seed's "lower batch_size step by step from 8"),
+   the newest sequence is preempted, and the step is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+from clawlan.engine.kv_cache import KVCache
+from clawlan.engine.sequence import Sequence, Status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Chunk:
+    seq: Sequence
+    start: int  # position of the first token fed
+    n: int
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.seq.tokens[self.start : self.start + self.n]
+
+    @property
+    def wants_logits(self) -> bool:
+        """The chunk ends at the sequence's last token, so it samples the next one."""
+        return self.start + self.n == len(self.seq.tokens)
+
+
+@dataclass
+class Step:
+    chunks: list[Chunk] = field(default_factory=list)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(c.n for c in self.chunks)
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        kv: KVCache,
+        batch_size: int,
+        token_budget: int,
+        max_wait_s: float,
+        max_seq_tokens: int,
+    ) -> None:
+        self.kv = kv
+        self.batch_size = batch_size
+        self.effective_batch = batch_size
+        self.token_budget = token_budget
+        self.max_wait_s = max_wait_s
+        self.max_seq_tokens = max_seq_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.preemptions = 0
+        self.oom_events = 0
+        # Sequences the scheduler itself ended (too big for the whole cache); the engine reports them.
+        self.dropped: list[Sequence] = []
+
+    # -- queue ----------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def wait_time(self, now: float) -> float:
+        """Seconds to hold an idle engine so that more arrivals join the first batch."""
+        if self.running or not self.waiting or self.max_wait_s <= 0:
+            return 0.0
+        if len(self.waiting) >= self.effective_batch:
+            return 0.0
+        return max(0.0, self.waiting[0].arrival + self.max_wait_s - now)
+
+    # -- the step -------------------------------------------------------
+    def schedule(self, now: float) -> Step:
+        self._admit(now)
+        step = Step()
+        budget = self.token_budget
+        # Decoders first, oldest first: one token each.
+        for seq in sorted((s for s in self.running if s.decoding), key=lambda s: s.order):
+            if seq.status is not Status.RUNNING:
+                continue  # preempted while making room for an older one
+            if not self._reserve(seq, 1, step):
+                continue
+            step.chunks.append(Chunk(seq, seq.n_computed, 1))
+            budget -= 1
+        # Then prompt chunks, oldest first, within the remaining budget.
+        for seq in sorted((s for s in self.running if not s.decoding), key=lambda s: s.order):
+            if budget <= 0:
+                break
+            if seq.status is not Status.RUNNING:
+                continue
+            n = min(seq.n_pending, budget)
+            self.kv.evict(n)
+            n = min(n, self.kv.n_free)
+            if n <= 0:
+                if not step.chunks and not self._make_room(seq, 1, step):
+                    continue
+                n = min(seq.n_pending, budget, self.kv.n_free)
+                if n <= 0:
+                    continue
+            self._allocate(seq, n)
+            step.chunks.append(Chunk(seq, seq.n_computed, n))
+            budget -= n
+        return step
+
+    def _admit(self, now: float) -> None:
+        while self.waiting and len(self.running) < self.effective_batch:
+            seq = self.waiting[0]
+            # Admit only what the cache can hold, or admission and preemption would thrash.
+            if self.running and self.kv.reclaimable() < seq.n_pending + 1:
+                break
+            got = self.kv.acquire(seq.tokens, now)
+            if got is None:
+                break
+            self.waiting.popleft()
+            seq.seq_id, seq.n_computed = got
+            if seq.n_cached is None:
+                seq.n_cached = min(seq.n_computed, seq.n_prompt)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+
+    def _allocate(self, seq: Sequence, n: int) -> None:
+        assert seq.seq_id is not None
+        ok = self.kv.allocate(seq.seq_id, seq.tokens[seq.n_computed : seq.n_computed + n])
+        assert ok, "cells were checked before allocating"
+
+    def _reserve(self, seq: Sequence, n: int, step: Step) -> bool:
+        if not self.kv.evict(n) and not self._make_room(seq, n, step):
+            return False
+        self._allocate(seq, n)
+        return True
+
+    def _make_room(self, seq: Sequence, n: int, step: Step) -> bool:
+        """Preempt newest running sequences until ``n`` cells are free for ``seq``."""
+        while self.kv.n_free < n:
+            victims = [s for s in self.running if s is not seq and not any(c.seq is s for c in step.chunks)]
+            if not victims:
+                if len(self.running) == 1 and not step.chunks:
+                    # Alone and still too big: the cache cannot hold this sequence at all.
+                    self.finish(seq, "length", now=seq.arrival)
+                    self.dropped.append(seq)
+                else:
+                    self.preempt(seq)
+                return False
+            victim = max(victims, key=lambda s: s.order)
+            if victim.order < seq.order:
+                self.preempt(seq)  # seq is the newest: it yields, not an older one
+                return False
+            self.preempt(victim)
+            self.kv.evict(n)
+        return True
+
+    def preempt(self, seq: Sequence) -> None:
+        """Free a running sequence's KV; it waits at the head of the queue to be recomputed."""
+        log.info("preempting %s to free KV cells", seq.request_id)
+        assert seq.seq_id is not None
+        # Its KV becomes an idle entry: evicted first under pressure, reused on readmission if it survives.
+        self.kv.release(seq.seq_id, now=seq.arrival, keep=True)
+        self.running.remove(seq)
+        seq.seq_id = None
+        seq.n_computed = 0
+        seq.status = Status.WAITING
+        seq.preemptions += 1
+        self.preemptions += 1
+        self.waiting.appendleft(seq)
+
+    # -- after the step -------------------------------------------------
+    def commit(self, step: Step) -> None:
+        """The decode succeeded: the chunks' tokens are in the KV cache."""
+        for c in step.chunks:
+            c.seq.n_computed = c.start + c.n
+
+    def rollback(self, step: Step) -> None:
+        """The decode failed: forget the cells reserved for this step."""
+        for c in step.chunks:
+            if c.seq.seq_id is not None:
+                self.kv.trim(c.seq.seq_id, c.start)
+
+    def on_out_of_memory(self, step: Step) -> None:
+        """llama_decode found no room: lower the effective batch by one and preempt the newest."""
+        self.rollback(step)
+        self.oom_events += 1
+        if len(self.running) <= 1:
+            raise MemoryError("llama_decode has no room even for one sequence")
+        self.effective_batch = max(1, min(self.effective_batch, len(self.running)) - 1)
+        log.warning("llama_decode out of memory: effective batch lowered to %d", self.effective_batch)
+        while len(self.running) > self.effective_batch:
+            self.preempt(max(self.running, key=lambda s: s.order))
+
+    def append_token(self, seq: Sequence, token: int, is_eog: bool) -> str | None:
+        """Add a sampled token; return a finish reason if the sequence is done."""
+        seq.tokens.append(token)
+        p = seq.params
+        if (is_eog and not p.ignore_eos) or token in p.stop_token_ids:
+            seq.tokens.pop()  # the end-of-generation token is not part of the answer
+            return "stop"
+        if seq.n_generated >= p.max_tokens or len(seq.tokens) >= self.max_seq_tokens:
+            return "length"
+        return None
+
+    def finish(self, seq: Sequence, reason: str, now: float) -> None:
+        """Take a sequence out of the engine; its KV stays as a prefix-cache entry."""
+        seq.finish_reason = reason
+        if seq.status is Status.RUNNING:
+            self.running.remove(seq)
+            assert seq.seq_id is not None
+            # Keep the tokens actually in KV: the last sampled token was never fed.
+            self.kv.trim(seq.seq_id, seq.n_computed)
+            self.kv.release(seq.seq_id, now, keep=True)
+        elif seq.status is Status.WAITING and seq in self.waiting:
+            self.waiting.remove(seq)
+        seq.status = Status.FINISHED
+        seq.seq_id = None
