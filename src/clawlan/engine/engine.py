@@ -126,6 +126,11 @@ class Engine:
             inbox, self._inbox = self._inbox, []
             cancels, self._cancels = self._cancels, []
         for seq, emit in inbox:
+            if not seq.tokens:
+                # An empty prompt has no position to sample from: the scheduler would never
+                # schedule it and has_work() would stay true forever (a busy loop).
+                emit(Event(seq.request_id, finish_reason="error", error="the prompt is empty"))
+                continue
             try:
                 self.runner.prepare(seq)
             except ClawlanError as exc:

@@ -134,7 +134,11 @@ class Scheduler:
         while self.waiting and len(self.running) < self.effective_batch:
             seq = self.waiting[0]
             # Admit only what the cache can hold, or admission and preemption would thrash.
-            if self.running and self.kv.reclaimable() < seq.n_pending + 1:
+            # Running sequences' uncomputed tokens are only allocated later in this step, so
+            # count them as taken: otherwise a burst admitted together overcommits the cache
+            # and the newest are preempted right after their first prefill chunk.
+            committed = sum(s.n_pending for s in self.running)
+            if self.running and self.kv.reclaimable() - committed < seq.n_pending + 1:
                 break
             got = self.kv.acquire(seq.tokens, now)
             if got is None:
