@@ -1,0 +1,178 @@
+"""Fakes for the engine unit tests.
+
+Two worlds live here:
+
+* a deterministic fake of llama.cpp (``FakeMemory`` + ``FakeRunner``) for the
+  scheduler unit tests. The fake keeps a mirror of what llama.cpp would hold
+  in each sequence id's KV and derives every "sampled" token from that KV
+  content, so a sequence whose KV was lost, mixed with another one or
+  recomputed wrongly produces a different output than the same request run
+  alone (``reference``);
+* (the real embedded model is a fixture in conftest.py).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from clawlan.engine.engine import Engine
+from clawlan.engine.kv_cache import KVCache
+from clawlan.engine.request import Event, Request, SamplingParams
+from clawlan.engine.scheduler import Scheduler, Step
+from clawlan.engine.sequence import Sequence
+
+EOG = 1  # the fake vocabulary's end-of-generation token
+
+
+def next_token(context: list[int]) -> int:
+    """The fake model: the next token is a hash of the whole KV content (never EOG)."""
+    h = 17
+    for t in context:
+        h = (h * 31 + t) % 1_000_003
+    return 100 + h % 50
+
+
+def reference(prompt: list[int], max_tokens: int) -> list[int]:
+    """What a request produces when run alone with a perfect KV cache."""
+    toks = list(prompt)
+    for _ in range(max_tokens):
+        toks.append(next_token(toks))
+    return toks[len(prompt) :]
+
+
+class FakeMemory:
+    """MemoryOps that records every call and mirrors each sequence id's KV (tokens by position)."""
+
+    def __init__(self) -> None:
+        self.kv: dict[int, list[int]] = defaultdict(list)
+        self.calls: list[tuple] = []
+
+    def seq_rm(self, seq_id: int, p0: int, p1: int) -> None:
+        self.calls.append(("rm", seq_id, p0, p1))
+        assert p1 == -1, "the cache only ever truncates a sequence's tail"
+        del self.kv[seq_id][p0:]
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        self.calls.append(("cp", src, dst, p0, p1))
+        assert src != dst
+        assert len(self.kv[src]) >= p1, "copying positions the source does not hold"
+        assert not self.kv[dst], "copying into a sequence id that still holds KV"
+        self.kv[dst] = list(self.kv[src][p0:p1])
+
+
+class FakeRunner:
+    """The Runner protocol over :class:`FakeMemory`, fully deterministic.
+
+    ``oom`` decides, per step, whether "llama_decode" reports no room (status 1);
+    on that status nothing is written, as in llama.cpp.
+    """
+
+    def __init__(self, mem: FakeMemory, oom=None, status=None) -> None:
+        self.mem = mem
+        self.oom = oom
+        self.status = status  # a fixed non-zero status to return, for error tests
+        self.steps: list[list[tuple[str, int, int]]] = []  # (request_id, start, n) per chunk
+        self.fed: dict[str, int] = defaultdict(int)  # tokens fed per request
+        self.prepared: set[str] = set()
+        self.released: set[str] = set()
+        self.oom_steps = 0
+
+    def run(self, step: Step) -> tuple[int, dict[Sequence, int]]:
+        if self.status is not None:
+            return self.status, {}
+        if self.oom is not None and self.oom(step):
+            self.oom_steps += 1
+            return 1, {}
+        self.steps.append([(c.seq.request_id, c.start, c.n) for c in step.chunks])
+        ids = [c.seq.seq_id for c in step.chunks]
+        assert len(ids) == len(set(ids)), "a sequence id appears twice in one batch"
+        sampled: dict[Sequence, int] = {}
+        for c in step.chunks:
+            kv = self.mem.kv[c.seq.seq_id]
+            assert len(kv) == c.start, f"{c.seq}: chunk at {c.start} but its KV holds {len(kv)} positions"
+            kv.extend(c.tokens)
+            self.fed[c.seq.request_id] += c.n
+            if c.wants_logits:
+                sampled[c.seq] = next_token(kv)
+        return 0, sampled
+
+    def prepare(self, seq: Sequence) -> None:
+        self.prepared.add(seq.request_id)
+
+    def release(self, seq: Sequence) -> None:
+        self.released.add(seq.request_id)
+
+    def piece(self, token: int) -> bytes:
+        return f"<{token}>".encode()
+
+    def is_eog(self, token: int) -> bool:
+        return token == EOG
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+@dataclass
+class Harness:
+    """An Engine over the fakes, driven step by step on the test's thread."""
+
+    engine: Engine
+    sched: Scheduler
+    kv: KVCache
+    mem: FakeMemory
+    runner: FakeRunner
+    clock: FakeClock
+    events: dict[str, list[Event]] = field(default_factory=dict)
+    prompts: dict[str, list[int]] = field(default_factory=dict)
+
+    def submit(self, prompt: list[int], max_tokens: int = 8, **params) -> str:
+        req = Request(list(prompt), SamplingParams(max_tokens=max_tokens, temperature=0, **params))
+        self.events[req.request_id] = []
+        self.prompts[req.request_id] = list(prompt)
+        self.engine.add(req, self.events[req.request_id].append)
+        return req.request_id
+
+    def step(self) -> None:
+        self.engine._drain()
+        self.engine.step()
+        self.clock.advance(0.01)
+        # The accounting never hands out more cells than exist, and mirrors llama.cpp exactly.
+        assert 0 <= self.kv.n_used <= self.kv.n_cells
+        for slot in self.kv.slots:
+            assert self.mem.kv[slot.seq_id] == slot.tokens, f"slot {slot.seq_id} accounting != KV"
+
+    def run(self, max_steps: int = 10_000) -> int:
+        n = 0
+        self.engine._drain()
+        while self.sched.has_work():
+            self.step()
+            n += 1
+            assert n < max_steps, "the engine did not finish"
+        return n
+
+    def tokens(self, rid: str) -> list[int]:
+        return [t for ev in self.events[rid] for t in ev.token_ids]
+
+    def final(self, rid: str) -> Event:
+        evs = self.events[rid]
+        finals = [ev for ev in evs if ev.finish_reason is not None]
+        assert len(finals) == 1, f"{rid}: {len(finals)} final events"
+        assert evs[-1] is finals[0], f"{rid}: events after the final one"
+        return finals[0]
+
+    def check_reference(self, rid: str, max_tokens: int) -> None:
+        assert self.tokens(rid) == reference(self.prompts[rid], max_tokens), (
+            f"{rid} output differs from alone"
+        )
+        fin = self.final(rid)
+        assert fin.finish_reason == "length"
+        assert fin.completion_tokens == max_tokens
