@@ -1,0 +1,579 @@
+"""The front end's web app: the chat page, its JSON API, and a local OpenAI endpoint.
+
+Routes
+    GET  /                              the chat page (all assets under /static, none from a CDN)
+    GET  /api/status                    back end in use and how it was found, session counts, render mode
+    GET  /api/conversations?q=          list / search;  POST creates
+    GET|PATCH|DELETE /api/conversations/{id}
+    POST /api/conversations/{id}/messages     send (or regenerate); answers an SSE stream of events
+    POST /api/conversations/{id}/stop         stop the answer being generated
+    POST /api/conversations/{id}/documents    upload (raw body, X-Filename header)
+    GET|PUT|DELETE /api/modes[/{id}]          system prompts (admin)
+    POST /api/library/rescan                  re-read the customer-service docs folder (admin)
+    *    /v1/...                              OpenAI-compatible, forwarded to the back end
+    GET  /health                              the front end itself is up
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import ipaddress
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from clawlan import __version__
+from clawlan.discovery.browser import Discoverer
+from clawlan.errors import ClawlanError, InvalidRequest, NotFound, RequestError
+from clawlan.frontend import documents
+from clawlan.frontend.modes import DEFAULT_MODE, MODES, system_message
+from clawlan.frontend.proxy import RETRYABLE, Upstream, UpstreamError, sse_events
+from clawlan.frontend.retrieval import Hit, Index, Segmenter
+from clawlan.frontend.sessions import SessionLimiter
+from clawlan.frontend.store import Store
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).with_name("static")
+SAVE_EVERY_S = 0.5  # how often a streaming answer is written to SQLite
+HISTORY_CHARS = 6000  # recent turns sent with a question; the back end's context is small
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "clawlan" / "front"
+
+
+@dataclass
+class FrontConfig:
+    """What the front end runs with: the seed's ``frontend`` section plus a few local options."""
+
+    discovery_protocol: str = "mDNS"
+    fallback_timeout: int = 5000
+    static_backend: str = "http://127.0.0.1:8080"
+    render_mode: str = "hardware_accelerated"
+    max_concurrent_sessions: int = 5
+    host: str = "127.0.0.1"
+    port: int = 8081
+    data_dir: str | None = None
+    docs_dir: str | None = None
+    api_key: str | None = None
+    mdns_interfaces: list[str] = field(default_factory=list)
+    admin_token: str | None = None
+    max_tokens: int = 512
+    segmenter: str = "jieba"
+
+    @classmethod
+    def from_settings(cls, section: Any, **extra: Any) -> FrontConfig:
+        base = {k: getattr(section, k) for k in cls.__dataclass_fields__ if hasattr(section, k)}
+        base.update({k: v for k, v in extra.items() if v is not None})
+        return cls(**base)
+
+
+class Forbidden(RequestError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "forbidden"
+
+
+def _json_error(exc: RequestError) -> JSONResponse:
+    return JSONResponse(exc.to_body(), status_code=exc.status_code)
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class Frontend:
+    """All state of one running front end."""
+
+    def __init__(self, cfg: FrontConfig) -> None:
+        self.cfg = cfg
+        data = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
+        data.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data
+        self.store = Store(data / "clawlan-front.sqlite3")
+        self.index = Index(self.store.db, self.store.lock, Segmenter(cfg.segmenter, cache_dir=data))
+        self.discoverer = Discoverer(
+            cfg.discovery_protocol, cfg.fallback_timeout, cfg.static_backend, interfaces=cfg.mdns_interfaces or None
+        )
+        self.limiter = SessionLimiter(cfg.max_concurrent_sessions)
+        self.upstream = Upstream(self.discoverer, cfg.api_key)
+        self.running: dict[str, asyncio.Task[None]] = {}  # conversation id -> generation task
+        self.library_state: dict[str, Any] = {"docs_dir": cfg.docs_dir, "files": 0, "errors": []}
+        self._page = (STATIC / "index.html").read_text(encoding="utf-8")
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -------------------------------------------------------------
+    async def startup(self) -> None:
+        self.discoverer.start()
+        # Look up the back end and read the docs folder now, so the first question does not wait for either.
+        for coro in (self.discoverer.aresolve(), asyncio.to_thread(self.scan_library)):
+            t = asyncio.ensure_future(coro)
+            self._background.add(t)
+            t.add_done_callback(self._background.discard)
+
+    async def shutdown(self) -> None:
+        for t in list(self.running.values()):
+            t.cancel()
+        for t in list(self.running.values()) + list(self._background):
+            with contextlib.suppress(BaseException):
+                await t
+        await self.upstream.close()
+        await asyncio.to_thread(self.discoverer.close)
+        self.store.close()
+
+    # -- customer-service library ---------------------------------------------
+    def scan_library(self) -> dict[str, Any]:
+        """Index new or changed files of ``docs_dir``; forget removed ones."""
+        folder = self.cfg.docs_dir
+        if not folder:
+            return self.library_state
+        root = Path(folder)
+        known = {d["source"]: d for d in self.store.documents(None)}
+        seen: set[str] = set()
+        errors: list[str] = []
+        if root.is_dir():
+            for path in sorted(root.rglob("*")):
+                if not path.is_file() or path.suffix.lower() not in documents.KINDS:
+                    continue
+                src = str(path)
+                seen.add(src)
+                st = path.stat()
+                old = known.get(src)
+                if old and old["mtime"] == st.st_mtime and old["size"] == st.st_size:
+                    continue
+                if old:
+                    self.store.delete_document(old["id"])
+                try:
+                    text = documents.extract(path.name, path.read_bytes())
+                except ClawlanError as exc:
+                    errors.append(str(exc))
+                    continue
+                doc_id = self.store.add_document(
+                    str(path.relative_to(root)), len(text), source=src, mtime=st.st_mtime, size=st.st_size
+                )
+                self.index.add(doc_id, documents.chunk(text))
+        else:
+            errors.append(f"{folder}: docs folder not found")
+        for src, d in known.items():
+            if src not in seen:
+                self.store.delete_document(d["id"])
+        self.library_state = {"docs_dir": folder, "files": len(seen), "errors": errors}
+        log.info("library: %d files from %s", len(seen), folder)
+        return self.library_state
+
+    # -- prompts -----------------------------------------------------------------
+    def prompt(self, mode: str) -> str:
+        return self.store.prompt(mode) or MODES[mode].default_prompt
+
+    def admin_allowed(self, request: Request) -> bool:
+        # The person at the box is its admin; anyone else on the LAN needs the token.
+        if self.cfg.admin_token:
+            return request.headers.get("x-admin-token") == self.cfg.admin_token
+        return _is_loopback(request.client.host if request.client else None)
+
+    # -- retrieval ---------------------------------------------------------------
+    def retrieve(self, conv: dict[str, Any], question: str) -> list[Hit]:
+        mode = MODES.get(conv["mode"], MODES[DEFAULT_MODE])
+        if mode.retrieval == "library":
+            docs = self.store.documents(None)
+        elif mode.retrieval == "uploads":
+            docs = self.store.documents(conv["id"])
+        else:
+            return []
+        ids = [d["id"] for d in docs]
+        hits = self.index.search(question, ids, k=3)
+        if not hits and mode.retrieval == "uploads":
+            hits = self.index.first_chunks(ids, k=2)
+        return hits
+
+    def history(self, cid: str, upto: int) -> list[dict[str, str]]:
+        msgs = [
+            m for m in self.store.messages(cid)
+            if m["id"] < upto and m["content"] and m["role"] in ("user", "assistant")
+        ]
+        out: list[dict[str, str]] = []
+        total = 0
+        for m in reversed(msgs):
+            total += len(m["content"])
+            if out and total > HISTORY_CHARS:
+                break
+            out.append({"role": m["role"], "content": m["content"]})
+        out.reverse()
+        # A history that starts with the assistant confuses chat templates that expect user first.
+        while out and out[0]["role"] != "user":
+            out.pop(0)
+        return out
+
+    # -- generation ---------------------------------------------------------------
+    async def generate(self, cid: str, mid: int, body: dict[str, Any], q: asyncio.Queue[dict[str, Any] | None]) -> None:
+        """Produce one answer into ``q`` and SQLite. Runs as its own task so stop can cancel it."""
+        text = ""
+        status = "error"
+        error: str | None = None
+        ticket = self.limiter.ticket()
+        try:
+            if not ticket.granted:
+                self.store.update_message(mid, status="queued")
+                await q.put({"type": "queued", "position": ticket.position, **self.limiter.snapshot()})
+                await ticket.wait()
+            self.store.update_message(mid, status="streaming")
+            attempts = 0
+            while True:
+                try:
+                    opened = await self.upstream.open(
+                        "POST", "/v1/chat/completions",
+                        content=json.dumps({**body, "model": await self.upstream.model_id(
+                            await self.discoverer.aresolve())}).encode(),
+                        headers={"content-type": "application/json", "accept": "text/event-stream"},
+                    )
+                except UpstreamError as exc:
+                    error = exc.message
+                    break
+                backend = opened.backend
+                self.store.update_message(mid, backend=backend.base_url)
+                await q.put({"type": "start", "backend": backend.to_json()})
+                if opened.response.status_code != 200:
+                    raw = opened.first + b"".join([c async for c in opened.chunks()])
+                    try:
+                        error = json.loads(raw)["error"]["message"]
+                    except (ValueError, KeyError, TypeError):
+                        error = f"back end answered HTTP {opened.response.status_code}"
+                    break
+                last_save = time.monotonic()
+                finished = False
+                try:
+                    async for ev in sse_events(opened.chunks()):
+                        if ev is None:
+                            finished = True
+                            break
+                        if "error" in ev:
+                            raise UpstreamError(str(ev["error"].get("message", ev["error"])))
+                        for choice in ev.get("choices") or []:
+                            delta = (choice.get("delta") or {}).get("content") or ""
+                            if delta:
+                                text += delta
+                                await q.put({"type": "delta", "text": delta})
+                        if ev.get("usage"):
+                            await q.put({"type": "usage", "usage": ev["usage"]})
+                        if time.monotonic() - last_save > SAVE_EVERY_S:
+                            self.store.update_message(mid, content=text)
+                            last_save = time.monotonic()
+                    if not finished:
+                        # The stream ended without [DONE]: the server went away mid-answer.
+                        raise UpstreamError("the connection to the back end closed before the answer finished")
+                except (UpstreamError, *RETRYABLE) as exc:
+                    msg = exc.message if isinstance(exc, UpstreamError) else f"{type(exc).__name__}"
+                    self.discoverer.invalidate(backend.base_url)
+                    if not text and attempts < 2:
+                        attempts += 1  # nothing shown yet: try again, on whatever discovery finds now
+                        await q.put({"type": "retry", "reason": msg})
+                        continue
+                    error = f"the back end stopped answering ({msg}); the text so far is kept"
+                    break
+                status = "done"
+                break
+        except asyncio.CancelledError:
+            status = "stopped"
+        except Exception as exc:  # noqa: BLE001 - any failure must reach the UI and the DB, not vanish
+            log.exception("generation failed")
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            ticket.release()
+            if error:
+                status = "error"
+            self.store.update_message(mid, content=text, status=status, error=error)
+            self.store.touch(cid)
+            self.running.pop(cid, None)
+            q.put_nowait({"type": status, "error": error, "id": mid, "content": text})
+            q.put_nowait(None)
+
+    def chat_body(self, conv: dict[str, Any], mid: int, question: str, hits: list[Hit]) -> dict[str, Any]:
+        msgs = [{"role": "system", "content": system_message(self.prompt(conv["mode"]), hits)}]
+        msgs += self.history(conv["id"], mid)
+        if msgs[-1]["role"] != "user":
+            msgs.append({"role": "user", "content": question})
+        return {
+            "messages": msgs,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": self.cfg.max_tokens,
+        }
+
+
+# ---------------------------------------------------------------------------
+# HTTP handlers
+
+
+def build_app(cfg: FrontConfig) -> Starlette:
+    fe = Frontend(cfg)
+
+    async def page(request: Request) -> Response:
+        # The render mode is a class on <html> so CSS applies before any script runs (no flash of animation).
+        body = fe._page.replace("{{render_mode}}", html.escape(cfg.render_mode)).replace(
+            "{{version}}", html.escape(__version__)
+        )
+        return HTMLResponse(body, headers={"cache-control": "no-cache"})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def status(request: Request) -> Response:
+        cur = fe.discoverer.current
+        return JSONResponse({
+            "backend": cur.to_json() if cur else None,
+            "discovery": {
+                "protocol": cfg.discovery_protocol,
+                "fallback_timeout": cfg.fallback_timeout,
+                "static_backend": cfg.static_backend,
+                "services": [s.base_url for s in fe.discoverer.services()],
+            },
+            "sessions": fe.limiter.snapshot(),
+            "render_mode": cfg.render_mode,
+            "library": fe.library_state,
+            "admin": fe.admin_allowed(request),
+            "version": __version__,
+        })
+
+    def conv_or_404(cid: str) -> dict[str, Any]:
+        conv = fe.store.conversation(cid)
+        if conv is None:
+            raise NotFound(f"no conversation {cid}")
+        return conv
+
+    async def read_json(request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise InvalidRequest("the body must be JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body must be a JSON object")
+        return body
+
+    async def list_conversations(request: Request) -> Response:
+        if request.method == "POST":
+            body = await read_json(request)
+            mode = body.get("mode") or DEFAULT_MODE
+            if mode not in MODES:
+                raise InvalidRequest(f"unknown mode {mode!r}; one of {', '.join(MODES)}", param="mode")
+            conv = fe.store.create_conversation(str(body.get("title") or "")[:200], mode)
+            return JSONResponse(conv, status_code=201)
+        return JSONResponse({"data": fe.store.conversations(request.query_params.get("q", "").strip())})
+
+    async def one_conversation(request: Request) -> Response:
+        cid = request.path_params["cid"]
+        conv = conv_or_404(cid)
+        if request.method == "DELETE":
+            task = fe.running.get(cid)
+            if task:
+                task.cancel()
+            fe.store.delete_conversation(cid)
+            return JSONResponse({"deleted": True})
+        if request.method == "PATCH":
+            body = await read_json(request)
+            mode = body.get("mode")
+            if mode is not None and mode not in MODES:
+                raise InvalidRequest(f"unknown mode {mode!r}", param="mode")
+            title = body.get("title")
+            conv = fe.store.update_conversation(cid, title=str(title)[:200] if title is not None else None, mode=mode)
+        return JSONResponse({
+            **conv,
+            "messages": fe.store.messages(cid),
+            "documents": fe.store.documents(cid),
+            "generating": cid in fe.running,
+        })
+
+    async def send(request: Request) -> Response:
+        cid = request.path_params["cid"]
+        conv = conv_or_404(cid)
+        body = await read_json(request)
+        if cid in fe.running:
+            raise InvalidRequest("an answer is still being generated in this conversation; stop it first")
+        if body.get("regenerate"):
+            msgs = fe.store.messages(cid)
+            last_user = next((m for m in reversed(msgs) if m["role"] == "user"), None)
+            if last_user is None:
+                raise InvalidRequest("nothing to regenerate")
+            after = [m for m in msgs if m["id"] > last_user["id"]]
+            if after:
+                fe.store.delete_messages_from(cid, after[0]["id"])
+            question = last_user["content"]
+            user_id = last_user["id"]
+        else:
+            question = str(body.get("content") or "").strip()
+            if not question:
+                raise InvalidRequest("empty message", param="content")
+            user_id = fe.store.add_message(cid, "user", question)
+            if not conv["title"]:
+                conv = fe.store.update_conversation(cid, title=question.splitlines()[0][:60]) or conv
+        hits = await asyncio.to_thread(fe.retrieve, conv, question)
+        sources = [h.to_json() for h in hits]
+        mid = fe.store.add_message(cid, "assistant", "", status="streaming", sources=sources)
+        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        await q.put({"type": "begin", "user_id": user_id, "id": mid, "title": conv["title"], "sources": sources})
+        task = asyncio.create_task(fe.generate(cid, mid, fe.chat_body(conv, mid, question, hits), q))
+        fe.running[cid] = task
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    ev = await q.get()
+                    if ev is None:
+                        return
+                    yield f"data: {json.dumps(ev, ensure_ascii=False)}\n\n".encode()
+            finally:
+                # The page went away (closed, reloaded): stop generating; what was shown is already saved.
+                if not task.done():
+                    task.cancel()
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
+        )
+
+    async def stop(request: Request) -> Response:
+        cid = request.path_params["cid"]
+        conv_or_404(cid)
+        task = fe.running.get(cid)
+        if task:
+            task.cancel()
+        return JSONResponse({"stopped": task is not None})
+
+    async def upload(request: Request) -> Response:
+        cid = request.path_params["cid"]
+        conv_or_404(cid)
+        name = unquote(request.headers.get("x-filename", "")).strip().replace("/", "_").replace("\\", "_")
+        if not name:
+            raise InvalidRequest("missing X-Filename header", param="file")
+        documents.kind_of(name)
+        data = await request.body()
+        text = await asyncio.to_thread(documents.extract, name, data)
+        chunks = documents.chunk(text)
+        doc_id = fe.store.add_document(name, len(text), conversation_id=cid, size=len(data))
+        await asyncio.to_thread(fe.index.add, doc_id, chunks)
+        # An upload switches the conversation to document analysis: that is why one uploads.
+        fe.store.update_conversation(cid, mode="document")
+        return JSONResponse({**(fe.store.document(doc_id) or {}), "chunks": len(chunks)}, status_code=201)
+
+    async def delete_document(request: Request) -> Response:
+        cid = request.path_params["cid"]
+        doc_id = int(request.path_params["doc"])
+        doc = fe.store.document(doc_id)
+        if doc is None or doc["conversation_id"] != cid:
+            raise NotFound(f"no document {doc_id} in this conversation")
+        fe.store.delete_document(doc_id)
+        return JSONResponse({"deleted": True})
+
+    def require_admin(request: Request) -> None:
+        if not fe.admin_allowed(request):
+            raise Forbidden("only the admin may change this (from the box itself, or with X-Admin-Token)")
+
+    async def modes(request: Request) -> Response:
+        return JSONResponse({"data": [m.to_json(fe.prompt(m.id)) for m in MODES.values()],
+                             "admin": fe.admin_allowed(request)})
+
+    async def one_mode(request: Request) -> Response:
+        mid = request.path_params["mode"]
+        if mid not in MODES:
+            raise NotFound(f"no mode {mid}")
+        if request.method in ("PUT", "DELETE"):
+            require_admin(request)
+            if request.method == "DELETE":
+                fe.store.set_prompt(mid, None)
+            else:
+                text = str((await read_json(request)).get("prompt") or "").strip()
+                if not text:
+                    raise InvalidRequest("the prompt may not be empty; DELETE restores the default", param="prompt")
+                fe.store.set_prompt(mid, text[:8000])
+        return JSONResponse(MODES[mid].to_json(fe.prompt(mid)))
+
+    async def rescan(request: Request) -> Response:
+        require_admin(request)
+        return JSONResponse(await asyncio.to_thread(fe.scan_library))
+
+    async def openai_proxy(request: Request) -> Response:
+        """Forward /v1/* to the back end, unbuffered; generation requests take a session slot."""
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        body = await request.body()
+        headers = {k: v for k, v in request.headers.items() if k in ("content-type", "accept", "authorization")}
+        generates = request.method == "POST" and request.url.path.rstrip("/").endswith(("/completions", "/embeddings"))
+        ticket = fe.limiter.ticket() if generates else None
+        try:
+            if ticket is not None:
+                await ticket.wait()
+            opened = await fe.upstream.open(request.method, path, content=body or None, headers=headers)
+        except UpstreamError as exc:
+            if ticket:
+                ticket.release()
+            return JSONResponse(exc.body, status_code=exc.status)
+        except BaseException:
+            if ticket:
+                ticket.release()
+            raise
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in opened.chunks():
+                    yield chunk
+            except Exception as exc:  # noqa: BLE001 - mid-stream: tell an SSE client in its own terms
+                fe.discoverer.invalidate(opened.backend.base_url)
+                if "text/event-stream" in opened.response.headers.get("content-type", ""):
+                    err = {"error": {"message": f"back end lost mid-answer ({type(exc).__name__})",
+                                     "type": "server_error", "param": None, "code": "backend_lost"}}
+                    yield f"data: {json.dumps(err)}\n\n".encode()
+            finally:
+                if ticket:
+                    ticket.release()
+
+        keep = ("content-type", "retry-after", "x-request-id")
+        out_headers = {k: v for k, v in opened.response.headers.items() if k in keep}
+        out_headers["x-clawlan-backend"] = opened.backend.base_url
+        return StreamingResponse(relay(), status_code=opened.response.status_code, headers=out_headers)
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestError)
+        return _json_error(exc)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await fe.startup()
+        try:
+            yield
+        finally:
+            await fe.shutdown()
+
+    routes = [
+        Route("/", page),
+        Route("/health", health),
+        Route("/api/status", status),
+        Route("/api/conversations", list_conversations, methods=["GET", "POST"]),
+        Route("/api/conversations/{cid}", one_conversation, methods=["GET", "PATCH", "DELETE"]),
+        Route("/api/conversations/{cid}/messages", send, methods=["POST"]),
+        Route("/api/conversations/{cid}/stop", stop, methods=["POST"]),
+        Route("/api/conversations/{cid}/documents", upload, methods=["POST"]),
+        Route("/api/conversations/{cid}/documents/{doc:int}", delete_document, methods=["DELETE"]),
+        Route("/api/modes", modes),
+        Route("/api/modes/{mode}", one_mode, methods=["GET", "PUT", "DELETE"]),
+        Route("/api/library/rescan", rescan, methods=["POST"]),
+        Route("/v1/{rest:path}", openai_proxy, methods=["GET", "POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={RequestError: on_error}, lifespan=lifespan)
+    app.state.frontend = fe
+    return app

@@ -1,0 +1,175 @@
+"""``clawlan front``: run the Clawdbot front end on this box.
+
+Also :func:`launch`, which ``clawlan run`` calls to start the front end beside
+the back end as its own process (so its footprint stays its own and an
+inference crash cannot take the chat page with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from clawlan.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Browser flags per render_mode. hardware_accelerated lets Chromium composite
+# and rasterise on the GPU even where its blocklist is cautious (NUC iGPUs);
+# software keeps everything on the CPU, for boxes whose GPU driver misbehaves.
+KIOSK_FLAGS = {
+    "hardware_accelerated": ["--enable-gpu-rasterization", "--ignore-gpu-blocklist", "--enable-zero-copy"],
+    "software": ["--disable-gpu", "--disable-gpu-compositing", "--disable-smooth-scrolling"],
+}
+KIOSK_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "front",
+        help="run the Clawdbot front end (web chat + local OpenAI endpoint)",
+        description="Serve the web chat and a local OpenAI-compatible endpoint that forwards to the "
+        "back end found by mDNS (or the static address).",
+    )
+    p.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="config file (repeatable; the seed's clawbot_config.json and network_config.json merge)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="web chat port (default 8081; the seed opens 8080-8090)")
+    p.add_argument("--backend", metavar="URL", help="static back end URL, e.g. http://192.168.1.100:8080")
+    p.add_argument("--discovery", choices=["mDNS", "static"], help="discovery protocol (default mDNS)")
+    p.add_argument("--fallback-timeout", type=int, metavar="MS", help="ms to browse mDNS before using --backend")
+    p.add_argument("--max-sessions", type=int, metavar="N", help="conversations generating at once (default 5)")
+    p.add_argument("--render-mode", choices=["hardware_accelerated", "software"])
+    p.add_argument("--data-dir", help="where conversations are kept (SQLite)")
+    p.add_argument("--docs-dir", help="FAQ/policy folder for customer-service mode")
+    p.add_argument("--mdns-interface", action="append", default=[], metavar="ADDR",
+                   help="browse mDNS only on this interface address (repeatable; default: all)")
+    p.add_argument("--admin-token", default=os.environ.get("CLAWLAN_FRONT_ADMIN_TOKEN"),
+                   help="token for editing prompts from other machines (default: only from this box)")
+    p.add_argument("--max-tokens", type=int, default=512, help="longest answer requested from the back end")
+    p.add_argument("--kiosk", action="store_true", help="also open a full-screen browser window on the chat")
+    p.add_argument("--log-level", type=lambda s: s.upper(), default=None, help="debug, info, warning, error")
+    p.set_defaults(func=main)
+
+
+def front_config(args: argparse.Namespace):  # noqa: ANN201 - FrontConfig, imported lazily
+    from clawlan.config.loader import load_settings
+    from clawlan.frontend.app import FrontConfig
+
+    flags = {
+        "frontend.host": args.host,
+        "frontend.port": args.port,
+        "frontend.static_backend": args.backend,
+        "frontend.discovery_protocol": args.discovery,
+        "frontend.fallback_timeout": args.fallback_timeout,
+        "frontend.max_concurrent_sessions": args.max_sessions,
+        "frontend.render_mode": args.render_mode,
+        "frontend.data_dir": args.data_dir,
+        "frontend.docs_dir": args.docs_dir,
+    }
+    loaded = load_settings(args.config, flags)
+    for w in loaded.warnings:
+        log.warning("%s", w)
+    return FrontConfig.from_settings(
+        loaded.settings.frontend,
+        mdns_interfaces=args.mdns_interface or None,
+        admin_token=args.admin_token,
+        max_tokens=args.max_tokens,
+    )
+
+
+def kiosk_command(url: str, render_mode: str, browser: str | None = None) -> list[str]:
+    exe = browser or next((b for b in KIOSK_BROWSERS if shutil.which(b)), None)
+    if exe is None:
+        raise ConfigError("--kiosk needs Chromium; install it with: apt-get install chromium")
+    return [exe, "--kiosk", f"--app={url}", "--no-first-run", "--disable-sync", *KIOSK_FLAGS[render_mode]]
+
+
+def main(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from clawlan.frontend.app import build_app
+
+    cfg = front_config(args)
+    if not 1 <= cfg.port <= 65535 and cfg.port != 0:
+        raise ConfigError(f"--port {cfg.port} is not a TCP port")
+    app = build_app(cfg)
+    url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{cfg.port}/"
+    kiosk: subprocess.Popen[bytes] | None = None
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+    if args.kiosk:
+        kiosk = subprocess.Popen(kiosk_command(url, cfg.render_mode))
+    print(f"clawlan front: chat at {url}  (OpenAI endpoint {url}v1)", flush=True)
+    try:
+        server.run()
+    finally:
+        if kiosk is not None and kiosk.poll() is None:
+            kiosk.terminate()
+    return 0
+
+
+@dataclass
+class FrontProcess:
+    """A front end started by :func:`launch`."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def launch(
+    config_files: Sequence[str | Path] = (),
+    *,
+    backend: str | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+    wait_s: float = 20.0,
+) -> FrontProcess:
+    """Start ``clawlan front`` as a child process and return once its page answers.
+
+    ``clawlan run`` uses this with ``backend`` set to its own URL; the front end
+    still browses mDNS first unless the config says ``"static"``.
+    """
+    import httpx
+
+    cmd = [sys.executable, "-m", "clawlan", "front", "--host", host]
+    for f in config_files:
+        cmd += ["--config", str(f)]
+    if backend:
+        cmd += ["--backend", backend]
+    if port is not None:
+        cmd += ["--port", str(port)]
+    cmd += list(extra_args)
+    proc = subprocess.Popen(cmd)
+    url = f"http://{host}:{port or 8081}/"
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ConfigError(f"the front end exited with status {proc.returncode}; run `clawlan front` to see why")
+        try:
+            if httpx.get(url + "health", timeout=1.0).status_code == 200:
+                return FrontProcess(proc, url)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)  # polling a child's port; there is no readiness signal to wait on
+    FrontProcess(proc, url).stop()
+    raise ConfigError(f"the front end did not answer on {url} within {wait_s:.0f} s")

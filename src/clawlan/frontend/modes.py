@@ -1,0 +1,76 @@
+"""The seed's three use cases as chat modes, each with an admin-editable system prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clawlan.frontend.retrieval import Hit
+
+
+@dataclass(frozen=True)
+class Mode:
+    id: str
+    name_en: str
+    name_zh: str
+    retrieval: str  # "library" (admin's docs folder), "uploads" (this conversation's files) or ""
+    default_prompt: str
+
+    def to_json(self, prompt: str) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name_en": self.name_en,
+            "name_zh": self.name_zh,
+            "retrieval": self.retrieval,
+            "prompt": prompt,
+            "default_prompt": self.default_prompt,
+            "customised": prompt != self.default_prompt,
+        }
+
+
+# The prompts are bilingual on purpose: the users are mostly Chinese, and a
+# small model follows the language of its instructions.
+MODES: dict[str, Mode] = {
+    m.id: m
+    for m in (
+        Mode(
+            "service",
+            "Customer service",
+            "智能客服",
+            "library",
+            "你是本公司的客服助手。只根据下面提供的参考资料回答，并用 [1]、[2] 这样的编号注明出处；"
+            "资料中没有的内容，请说明不知道并建议联系人工客服。用提问者的语言回答。\n"
+            "You are this company's customer-service assistant. Answer only from the reference snippets below "
+            "and cite them as [1], [2]. If they do not contain the answer, say so and suggest a human agent.",
+        ),
+        Mode(
+            "document",
+            "Document analysis",
+            "文档分析",
+            "uploads",
+            "你是文档分析助手。根据用户上传文档中检索到的片段回答问题，注明引用的片段编号 [1]、[2]；"
+            "不要编造文档中没有的内容。用提问者的语言回答。\n"
+            "You are a document-analysis assistant. Answer from the retrieved excerpts of the user's documents, "
+            "cite them as [1], [2], and do not invent content that is not in them.",
+        ),
+        Mode(
+            "code",
+            "Code assistant",
+            "代码助手",
+            "",
+            "你是编程助手。给出简洁、可运行的代码，放在带语言标注的 Markdown 代码块中，并简要说明。\n"
+            "You are a coding assistant. Give concise, working code in fenced Markdown blocks tagged with their "
+            "language, followed by a short explanation.",
+        ),
+    )
+}
+DEFAULT_MODE = "service"
+
+
+def system_message(prompt: str, hits: list[Hit]) -> str:
+    """The system prompt plus the numbered snippets the answer must cite."""
+    if not hits:
+        return prompt
+    lines = [prompt, "", "参考资料 / Reference snippets:"]
+    for i, h in enumerate(hits, 1):
+        lines.append(f"[{i}] ({h.doc_name}) {h.text}")
+    return "\n".join(lines)
