@@ -1,0 +1,129 @@
+"""The planner's arithmetic, against figures anyone can recompute and against llama.cpp itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from clawlan.cli import main
+from clawlan.errors import ConfigError
+from clawlan.ops import planner
+
+
+def test_80b_fp16_weights_are_160_gb() -> None:
+    info = planner.assumed_model("80B")
+    p = planner.plan_memory(info, 2048, 1, "FP16")
+    assert p.weights == pytest.approx(160e9, rel=1e-9)  # 80e9 params x 2 bytes
+    # The seed's base formula adds 20% on top: 80 x 2 x 1.2 = 192 GB.
+    assert p.rule_weights == pytest.approx(192e9)
+
+
+def test_int8_is_75_percent_less_than_fp32() -> None:
+    info = planner.assumed_model("80B")
+    fp32 = planner.plan_memory(info, 2048, 1, "FP32").weights
+    int8 = planner.plan_memory(info, 2048, 1, "INT8").weights
+    assert 1 - int8 / fp32 == pytest.approx(0.75)
+    # llama.cpp's Q8_0 carries an fp16 scale per 32 weights: 8.5 bits, so 73.4% less, not 75%.
+    q8 = planner.plan_memory(info, 2048, 1, "Q8_0").weights
+    assert 1 - q8 / fp32 == pytest.approx(1 - 8.5 / 32)
+
+
+def test_assumed_shape_is_documented_and_scaled() -> None:
+    info = planner.assumed_model("80B")
+    assert info.raw["assumed"] == "Llama 3.1 70B"
+    assert info.n_layers == 91  # 80 layers x 80/70.6, rounded
+    assert info.kv_bytes_per_token() == 91 * 8 * (128 + 128) * 2
+    assert planner.assumed_model("7B").raw["assumed"] == "Llama 3.1 8B"
+
+
+def test_embedded_kv_per_token_from_metadata(embedded_info) -> None:
+    info = embedded_info
+    kv = planner.kv_cache(info, 1024, 1)
+    # 18 layers x 1 KV head x (256 + 256) x 2 bytes
+    assert kv.per_token == 18 * 1 * (256 + 256) * 2 == 18_432
+    # Gemma 3: every 6th layer global, 15 of 18 windowed at 512 tokens.
+    assert (kv.global_layers, kv.swa_layers) == (3, 15)
+
+
+def test_kv_cache_matches_llama_cpp_exactly(embedded_info, embedded_allocation) -> None:
+    info = embedded_info
+    kv = planner.kv_cache(info, 1024, 8)
+    # llama.cpp logged 24.00 MiB (3 global layers x 8192 cells) + 67.50 MiB (15 SWA layers x 4608 cells).
+    assert (kv.cells, kv.swa_cells) == (8192, 4608)
+    assert kv.bytes == embedded_allocation["KV"]
+    assert planner.compute_bytes(info, 512) == pytest.approx(embedded_allocation["compute"], rel=0.02)
+    assert planner.output_bytes(info, 8) == embedded_allocation["output"]
+
+
+def test_plan_total_within_15_percent_of_llama_cpp(embedded_info, embedded_allocation) -> None:
+    info = embedded_info
+    p = planner.plan_memory(info, 1024, 8)
+    allocated = sum(embedded_allocation.values())
+    # The runtime allowance is ours (interpreter + code), not a llama.cpp buffer.
+    assert p.total - p.runtime == pytest.approx(allocated, rel=0.15)
+    # llama.cpp also keeps repacked copies of some Q4_K tensors for its AVX2 kernels (CPU_REPACK,
+    # 12.7 MiB here), which the file's tensor bytes do not show.
+    assert p.weights == pytest.approx(embedded_allocation["model"], rel=0.06)
+
+
+def test_tensor_table_matches_gguf_reader(tiny_f32) -> None:
+    from gguf import GGUFReader
+
+    want = [(t.name, int(t.n_bytes)) for t in GGUFReader(str(tiny_f32)).tensors]
+    assert planner.tensor_table(tiny_f32) == want
+
+
+def test_sliding_window_caps_the_cache() -> None:
+    info = planner.assumed_model("8B")
+    info.sliding_window, info.swa_pattern = 512, 2  # half the layers windowed
+    short = planner.kv_cache(info, 1024, 1).bytes
+    long = planner.kv_cache(info, 32768, 1).bytes
+    # Only the 16 global layers grow with the context; the windowed ones stay at
+    # window + one micro-batch = 1024 cells.
+    per = info.n_kv_heads * (128 + 128) * 2
+    assert long - short == pytest.approx(per * 16 * (32768 - 1024))
+
+
+def test_max_context_is_the_largest_that_fits(embedded_info) -> None:
+    info = embedded_info
+    budget = 64e6
+    ctx = planner.max_context(info, budget, 8)
+    assert ctx % 256 == 0 and ctx > 0
+    assert planner.kv_cache(info, ctx, 8).bytes <= budget
+    assert planner.kv_cache(info, ctx + 256, 8).bytes > budget
+    assert planner.max_context(info, 1e12, 1) == info.context_length  # capped at the trained context
+    assert planner.max_context(info, 1000, 1) == 0
+
+
+def test_max_sessions() -> None:
+    info = planner.assumed_model("8B")
+    n = planner.max_sessions(info, 8e9, 4096)
+    assert n > 0
+    assert planner.kv_cache(info, 4096, n).bytes <= 8e9 < planner.kv_cache(info, 4096, n + 1).bytes + 1e9
+
+
+def test_gpu_split_names_layers() -> None:
+    info = planner.assumed_model("80B")
+    p = planner.plan_memory(info, 2048, 1, "Q4_K_M", ram=128e9, gpu=24e9)
+    assert 0 < p.gpu_layers < info.n_layers
+    assert f"--gpu-layers {p.gpu_layers}" in p.verdict
+    full = planner.plan_memory(info, 2048, 1, "Q4_K_M", ram=128e9, gpu=80e9)
+    assert full.gpu_layers == info.n_layers and "--gpu-layers -1" in full.verdict
+
+
+def test_bad_quant_is_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"--quant 'Q9_X' is not a known quantization; use one of"):
+        planner.quant("Q9_X")
+
+
+def test_cli_plan_80b(capsys) -> None:
+    assert main(["plan", "80B", "--ram", "128", "--no-gpu"]) == 1  # 160 GB does not fit 128 GB
+    out = capsys.readouterr().out
+    assert "160.00 GB" in out and "192.00 GB" in out and "DOES NOT FIT" in out
+    assert main(["plan", "80B", "--quant", "Q4_K_M", "--ram", "128", "--no-gpu"]) == 0
+    assert "FITS" in capsys.readouterr().out
+
+
+def test_cli_plan_bad_model(capsys) -> None:
+    assert main(["plan", "eighty"]) == 2
+    err = capsys.readouterr().err
+    assert "MODEL 'eighty' is neither" in err and len(err.strip().splitlines()) == 1
