@@ -11,6 +11,7 @@ into ``SHA256SUMS`` beside it so the model store verifies it on every load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import re
@@ -91,10 +92,8 @@ def _set_log(on_line: Callable[[str], None]) -> None:
 
     @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
     def cb(level: int, text: bytes, user: ctypes.c_void_p) -> None:
-        try:
+        with contextlib.suppress(Exception):  # an exception must never unwind into C
             on_line(text.decode("utf-8", "replace"))
-        except Exception:  # an exception must never unwind into C
-            pass
 
     _callback_ref.append(cb)
     llama_cpp.llama_log_set(cb, None)
