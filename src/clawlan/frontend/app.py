@@ -72,6 +72,7 @@ class FrontConfig:
     docs_dir: str | None = None
     api_key: str | None = None
     mdns_interfaces: list[str] = field(default_factory=list)
+    mdns_service_type: str | None = None
     admin_token: str | None = None
     max_tokens: int = 512
     segmenter: str = "jieba"
@@ -111,7 +112,8 @@ class Frontend:
         self.store = Store(data / "clawlan-front.sqlite3")
         self.index = Index(self.store.db, self.store.lock, Segmenter(cfg.segmenter, cache_dir=data))
         self.discoverer = Discoverer(
-            cfg.discovery_protocol, cfg.fallback_timeout, cfg.static_backend, interfaces=cfg.mdns_interfaces or None
+            cfg.discovery_protocol, cfg.fallback_timeout, cfg.static_backend, interfaces=cfg.mdns_interfaces or None,
+            **({"service_type": cfg.mdns_service_type} if cfg.mdns_service_type else {}),
         )
         self.limiter = SessionLimiter(cfg.max_concurrent_sessions)
         self.upstream = Upstream(self.discoverer, cfg.api_key)

@@ -52,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--docs-dir", help="FAQ/policy folder for customer-service mode")
     p.add_argument("--mdns-interface", action="append", default=[], metavar="ADDR",
                    help="browse mDNS only on this interface address (repeatable; default: all)")
+    # Tests browse a private service type so parallel runs never see each other's servers.
+    p.add_argument("--mdns-service-type", default=None, help=argparse.SUPPRESS)
     p.add_argument("--admin-token", default=os.environ.get("CLAWLAN_FRONT_ADMIN_TOKEN"),
                    help="token for editing prompts from other machines (default: only from this box)")
     p.add_argument("--max-tokens", type=int, default=512, help="longest answer requested from the back end")
@@ -81,6 +83,7 @@ def front_config(args: argparse.Namespace):  # noqa: ANN201 - FrontConfig, impor
     return FrontConfig.from_settings(
         loaded.settings.frontend,
         mdns_interfaces=args.mdns_interface or None,
+        mdns_service_type=args.mdns_service_type,
         admin_token=args.admin_token,
         max_tokens=args.max_tokens,
     )

@@ -1,0 +1,163 @@
+"""Discovery with real multicast on loopback: found, static fallback on time, static skip, re-discovery.
+
+Each test browses its own random service type so parallel test runs (and the
+advertiser's own tests) never find each other's services.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from clawlan.discovery.browser import Discoverer
+from tests.frontend.conftest import StubBackend, start_front  # noqa: F401 - start_front is a fixture
+
+zeroconf = pytest.importorskip("zeroconf")
+from zeroconf import IPVersion, ServiceInfo, Zeroconf  # noqa: E402
+
+LOOPBACK = ["127.0.0.1"]
+
+
+@pytest.fixture
+def service_type() -> str:
+    return f"_clw{uuid.uuid4().hex[:8]}._tcp.local."
+
+
+class Advertiser:
+    """Registers services the way the back end's advertiser does (same TXT contract)."""
+
+    def __init__(self, service_type: str) -> None:
+        self.type = service_type
+        self.zc = Zeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only)
+        self.info: ServiceInfo | None = None
+
+    def register(self, port: int, name: str = "test-server", model: str = "gemma-test") -> None:
+        self.info = ServiceInfo(
+            self.type, f"{name}.{self.type}", addresses=[socket.inet_aton("127.0.0.1")], port=port,
+            properties={"model": model, "api": "/v1", "version": "0.1.0", "auth": "0", "tls": "0"},
+            server=f"{name}.local.",
+        )
+        self.zc.register_service(self.info)
+
+    def unregister(self) -> None:
+        if self.info is not None:
+            self.zc.unregister_service(self.info)
+            self.info = None
+
+    def close(self) -> None:
+        self.unregister()
+        self.zc.close()
+
+
+@pytest.fixture
+def advertiser(service_type: str) -> Iterator[Advertiser]:
+    adv = Advertiser(service_type)
+    yield adv
+    adv.close()
+
+
+def test_service_is_found_by_mdns(advertiser: Advertiser, service_type: str) -> None:
+    advertiser.register(18080)
+    d = Discoverer("mDNS", 5000, "http://10.9.9.9:8080", interfaces=LOOPBACK, service_type=service_type)
+    try:
+        b = d.resolve()
+        assert b.how == "mDNS"
+        assert b.base_url == "http://127.0.0.1:18080"
+        assert b.model == "gemma-test"
+        assert b.found_after_ms is not None and b.found_after_ms < 5000
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("timeout_ms", [1000, 2500])
+def test_static_fallback_after_timeout(service_type: str, timeout_ms: int) -> None:
+    d = Discoverer("mDNS", timeout_ms, "http://10.9.9.9:8080", interfaces=LOOPBACK, service_type=service_type)
+    try:
+        t0 = time.monotonic()
+        b = d.resolve()
+        elapsed = (time.monotonic() - t0) * 1000
+    finally:
+        d.close()
+    assert b.how == "fallback" and b.base_url == "http://10.9.9.9:8080"
+    assert 0.8 * timeout_ms <= elapsed <= 1.2 * timeout_ms, f"fell back after {elapsed:.0f} ms, not ~{timeout_ms}"
+
+
+def test_static_skips_mdns() -> None:
+    d = Discoverer("static", 5000, "http://10.9.9.9:8080")
+    t0 = time.monotonic()
+    b = d.resolve()
+    assert (time.monotonic() - t0) < 0.1
+    assert b.how == "static" and d._zc is None  # never opened a multicast socket
+
+
+def test_rediscovers_a_moved_service(advertiser: Advertiser, service_type: str) -> None:
+    advertiser.register(18081)
+    d = Discoverer("mDNS", 5000, "http://10.9.9.9:8080", interfaces=LOOPBACK, service_type=service_type)
+    try:
+        assert d.resolve().base_url == "http://127.0.0.1:18081"
+        advertiser.unregister()  # the server restarts on another port (a DHCP change looks the same)
+        advertiser.register(18082)
+        d.invalidate("http://127.0.0.1:18081")
+        deadline = time.monotonic() + 5
+        while (b := d.resolve()).base_url != "http://127.0.0.1:18082":
+            assert time.monotonic() < deadline, f"still at {b.base_url}"
+            d.invalidate(b.base_url)
+        assert b.how == "mDNS"
+    finally:
+        d.close()
+
+
+def test_late_service_replaces_fallback(advertiser: Advertiser, service_type: str) -> None:
+    d = Discoverer("mDNS", 300, "http://10.9.9.9:8080", interfaces=LOOPBACK, service_type=service_type)
+    try:
+        assert d.resolve().how == "fallback"
+        advertiser.register(18083)
+        deadline = time.monotonic() + 5
+        while (b := d.resolve()).how != "mDNS":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)  # polling the discoverer; the announcement arrives on its own thread
+        assert b.base_url == "http://127.0.0.1:18083"
+    finally:
+        d.close()
+
+
+def test_front_end_follows_backend_to_a_new_port(advertiser: Advertiser, service_type: str, start_front: Any,
+                                                 tmp_path: Any) -> None:
+    """End to end: the front end finds the stub back end by mDNS; it restarts on another port; the next request works."""
+    stub = StubBackend().start()
+    advertiser.register(stub.port)
+    fp = start_front("http://10.9.9.9:8080", "--discovery", "mDNS", "--mdns-interface", "127.0.0.1",
+                     "--mdns-service-type", service_type)
+    try:
+        c = httpx.post(fp.url + "api/conversations", json={}).json()
+        url = fp.url + f"api/conversations/{c['id']}/messages"
+
+        def ask(q: str) -> list[dict[str, Any]]:
+            with httpx.stream("POST", url, json={"content": q}, timeout=60) as r:
+                return [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
+
+        ev = ask("first")
+        start = next(e for e in ev if e["type"] == "start")
+        assert start["backend"]["how"] == "mDNS" and start["backend"]["base_url"] == stub.base_url
+        assert ev[-1]["type"] == "done"
+        # Restart on a new port, re-advertised.
+        stub.stop()
+        advertiser.unregister()
+        stub2 = StubBackend().start()
+        advertiser.register(stub2.port)
+        try:
+            ev = ask("second")
+            assert ev[-1]["type"] == "done", ev[-1]
+            start = [e for e in ev if e["type"] == "start"][-1]
+            assert start["backend"]["base_url"] == stub2.base_url
+        finally:
+            stub2.stop()
+    finally:
+        stub.stop()
