@@ -1,0 +1,419 @@
+"""The OpenAI-compatible HTTP service.
+
+The path of a chat request: API-key middleware → admission (max_connections)
+→ body validation → chat template → tokenize → context check → engine
+``submit`` → events → JSON or SSE chunks. ``timeout_ms`` bounds the wait for
+each next event (queueing included), never the whole answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from clawlan import __version__
+from clawlan.config import Settings
+from clawlan.engine.request import Event, SamplingParams
+from clawlan.engine.request import Request as EngineRequest
+from clawlan.errors import ContextLengthExceeded, InvalidRequest, Overloaded, RequestError, RequestTimeout
+from clawlan.server.backend import Backend
+from clawlan.server.metrics import Metrics
+from clawlan.server.middleware import ApiKeyMiddleware, ByteCounterMiddleware
+from clawlan.server.schemas import ChatRequest, CompletionRequest, Sampling, parse
+
+log = logging.getLogger(__name__)
+FINGERPRINT = f"clawlan-{__version__}"
+DEFAULT_TOP_K = 40  # as llama-server: sampling over Gemma's 262k vocabulary is slow without it
+
+
+def error_response(exc: RequestError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=headers)
+
+
+class Service:
+    """Request handling around one :class:`Backend`."""
+
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.metrics = Metrics(backend)
+        self.in_flight = 0
+
+    # -- helpers ------------------------------------------------------------
+    def _check_ready(self) -> None:
+        if not self.backend.ready:
+            why = self.backend.error or "the model is still loading; retry in a few seconds"
+            raise Overloaded(why, code="model_not_ready")
+
+    @contextlib.contextmanager
+    def _admit(self) -> Any:
+        if self.in_flight >= self.settings.backend.max_connections:
+            raise Overloaded(
+                f"the server is at max_connections ({self.settings.backend.max_connections} requests at once); "
+                "retry shortly"
+            )
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    def _params(self, body: Sampling, limit: int | None, n_prompt: int) -> SamplingParams:
+        ctx = self.backend.plan.max_context
+        if n_prompt >= ctx or (limit is not None and n_prompt + limit > ctx):
+            want = n_prompt + (limit or 0)
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {ctx} tokens. However, you requested {want} tokens "
+                f"({n_prompt} in the messages, {limit or 0} in the completion). "
+                "Please reduce the length of the messages or completion.",
+                param="messages",
+            )
+        if body.n != 1:
+            raise InvalidRequest("n > 1 is not supported; send n separate requests", param="n")
+        stop = body.stop_list()
+        return SamplingParams(
+            max_tokens=limit if limit is not None else ctx - n_prompt,
+            temperature=body.temperature,
+            top_k=body.top_k or DEFAULT_TOP_K,
+            top_p=body.top_p,
+            min_p=body.min_p,
+            seed=body.seed,
+            repeat_penalty=body.repeat_penalty,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            stop=stop,
+            stop_token_ids=list(self.backend.end_of_turn),
+        )
+
+    async def _events(self, req: EngineRequest) -> AsyncIterator[Event]:
+        """The engine's events, each within timeout_ms; metrics on the way."""
+        timeout = self.settings.backend.timeout_ms / 1000.0
+        total = self.settings.server.max_request_ms
+        start = time.perf_counter()
+        last = None
+        it = self.backend.engine.submit(req).__aiter__()
+        try:
+            while True:
+                wait = timeout
+                if total:
+                    wait = min(wait, max(0.001, total / 1000.0 - (time.perf_counter() - start)))
+                try:
+                    ev = await asyncio.wait_for(it.__anext__(), wait)
+                except TimeoutError:
+                    raise RequestTimeout(
+                        f"no progress for {wait * 1000:.0f} ms (timeout_ms={self.settings.backend.timeout_ms}); "
+                        "the server is busy: retry, or raise backend.timeout_ms"
+                    ) from None
+                now = time.perf_counter()
+                if ev.token_ids or ev.text:
+                    if last is None:
+                        self.metrics.ttft.observe(now - start)
+                        self.metrics.queue.observe(now - start)
+                    else:
+                        self.metrics.itl.observe(now - last)
+                    last = now
+                if ev.finish_reason is not None:
+                    self.metrics.e2e.observe(now - start)
+                    self.metrics.finished.labels(ev.finish_reason).inc()
+                    self.metrics.prompt_tokens.inc(ev.prompt_tokens)
+                    self.metrics.generation_tokens.inc(ev.completion_tokens)
+                    self.metrics.prefix_hits.inc(ev.cached_tokens)
+                    self.metrics.prefix_queries.inc(ev.prompt_tokens)
+                yield ev
+                if ev.finish_reason is not None:
+                    return
+        finally:
+            await it.aclose()  # cancels the engine request if it did not finish
+
+    @staticmethod
+    def _usage(ev: Event) -> dict[str, Any]:
+        return {
+            "prompt_tokens": ev.prompt_tokens,
+            "completion_tokens": ev.completion_tokens,
+            "total_tokens": ev.prompt_tokens + ev.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": ev.cached_tokens},
+        }
+
+    # -- endpoints ------------------------------------------------------------
+    async def health(self, request: Request) -> Response:
+        b = self.backend
+        if b.ready:
+            return JSONResponse({"status": "ok", "model": b.model_id})
+        if b.error:
+            return JSONResponse({"status": "error", "error": b.error}, status_code=503)
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def models(self, request: Request) -> Response:
+        b = self.backend
+        data = []
+        if b.ready:
+            info = b.info
+            data.append(
+                {
+                    "id": b.model_id,
+                    "object": "model",
+                    "created": int(info.path.stat().st_mtime),
+                    "owned_by": "clawlan",
+                    "max_model_len": b.plan.max_context,
+                    "context_length": b.plan.max_context,
+                    "meta": {
+                        "architecture": info.architecture,
+                        "n_params": info.n_params,
+                        "n_ctx_train": info.context_length,
+                        "quantization": info.file_type,
+                        "chat_template": b.template.family,
+                    },
+                }
+            )
+        return JSONResponse({"object": "list", "data": data})
+
+    async def chat(self, request: Request) -> Response:
+        return await self._generate(request, chat=True)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request: Request, chat: bool) -> Response:
+        endpoint = "chat" if chat else "completions"
+        try:
+            self._check_ready()
+            admit = self._admit()
+            admit.__enter__()
+        except RequestError as exc:
+            self.metrics.requests.labels(endpoint, str(exc.status_code)).inc()
+            return error_response(exc, {"Retry-After": "1"} if exc.status_code == 503 else None)
+        handed_over = False
+        try:
+            raw = await request.body()
+            body = parse(ChatRequest if chat else CompletionRequest, raw)
+            if chat:
+                prompt = self.backend.template.render(body.messages)
+                tokens = self.backend.tokenize_prompt(prompt)
+            else:
+                tokens = self._completion_tokens(body)
+            params = self._params(body, body.output_limit, len(tokens))
+            req = EngineRequest(tokens, params)
+            if body.stream:
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                handed_over = True
+                return StreamingResponse(
+                    self._stream(req, body, chat, include_usage, admit, endpoint),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
+            return await self._complete(request, req, body, chat, endpoint)
+        except RequestError as exc:
+            self.metrics.requests.labels(endpoint, str(exc.status_code)).inc()
+            return error_response(exc)
+        finally:
+            if not handed_over:
+                admit.__exit__(None, None, None)
+
+    def _completion_tokens(self, body: CompletionRequest) -> list[int]:
+        p = body.prompt
+        if isinstance(p, list) and p and all(isinstance(t, int) for t in p):
+            return list(p)  # type: ignore[arg-type]
+        if isinstance(p, list):
+            if len(p) != 1:
+                raise InvalidRequest("prompt arrays with more than one prompt are not supported", param="prompt")
+            p = p[0]
+        return self.backend.tokenize_prompt(str(p))
+
+    async def _complete(self, request: Request, req: EngineRequest, body: Any, chat: bool, endpoint: str) -> Response:
+        async def collect() -> tuple[str, Event]:
+            parts = []
+            last = None
+            async for ev in self._events(req):
+                parts.append(ev.text)
+                last = ev
+            assert last is not None
+            return "".join(parts), last
+
+        async def disconnected() -> None:
+            while True:
+                msg = await request.receive()
+                if msg["type"] == "http.disconnect":
+                    return
+
+        gen = asyncio.ensure_future(collect())
+        watch = asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait({gen, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not gen.done():  # the client went away: stop generating within one engine step
+            gen.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RequestError):
+                await gen
+            self.metrics.requests.labels(endpoint, "499").inc()
+            return Response(status_code=499)
+        text, last = gen.result()  # re-raises RequestTimeout
+        if last.finish_reason == "error":
+            self.metrics.requests.labels(endpoint, "500").inc()
+            return JSONResponse(
+                {"error": {"message": last.error or "generation failed", "type": "server_error", "param": None, "code": "engine_error"}},
+                status_code=500,
+            )
+        self.metrics.requests.labels(endpoint, "200").inc()
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        finish = "length" if last.finish_reason == "length" else "stop"
+        if chat:
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            obj = "text_completion"
+        return JSONResponse(
+            {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": self.backend.model_id,
+                "system_fingerprint": FINGERPRINT,
+                "choices": [choice],
+                "usage": self._usage(last),
+            }
+        )
+
+    async def _stream(
+        self, req: EngineRequest, body: Any, chat: bool, include_usage: bool, admit: Any, endpoint: str
+    ) -> AsyncIterator[str]:
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        model = self.backend.model_id
+        obj = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(delta: Any, finish: str | None, usage: Any = None, choices: bool = True) -> str:
+            if chat:
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
+            out: dict[str, Any] = {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "system_fingerprint": FINGERPRINT,
+                "choices": [choice] if choices else [],
+            }
+            if include_usage:
+                out["usage"] = usage
+            return "data: " + json.dumps(out, ensure_ascii=False) + "\n\n"
+
+        status = "200"
+        try:
+            if chat:
+                yield chunk({"role": "assistant", "content": ""}, None)
+            async for ev in self._events(req):
+                if ev.finish_reason is None:
+                    if ev.text:
+                        yield chunk({"content": ev.text} if chat else ev.text, None)
+                    continue
+                if ev.finish_reason == "error":
+                    status = "500"
+                    err = {"error": {"message": ev.error or "generation failed", "type": "server_error", "param": None, "code": "engine_error"}}
+                    yield "data: " + json.dumps(err) + "\n\n"
+                    return
+                if ev.text:
+                    yield chunk({"content": ev.text} if chat else ev.text, None)
+                finish = "length" if ev.finish_reason == "length" else "stop"
+                yield chunk({} if chat else "", finish)
+                if include_usage:
+                    yield chunk(None, None, usage=self._usage(ev), choices=False)
+                yield "data: [DONE]\n\n"
+        except RequestError as exc:
+            status = str(exc.status_code)
+            yield "data: " + json.dumps(exc.to_body()) + "\n\n"
+        except asyncio.CancelledError:
+            status = "499"  # the client disconnected; _events' cleanup cancelled the request
+            raise
+        finally:
+            self.metrics.requests.labels(endpoint, status).inc()
+            admit.__exit__(None, None, None)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 in OpenAI's error shape rather than Starlette's plain text."""
+    assert isinstance(exc, HTTPException)
+    code = "not_found" if exc.status_code == 404 else "method_not_allowed"
+    body = {"error": {"message": f"{request.method} {request.url.path}: {exc.detail}", "type": "invalid_request_error", "param": None, "code": code}}
+    return JSONResponse(body, status_code=exc.status_code)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    body = {"error": {"message": f"internal error: {type(exc).__name__}", "type": "server_error", "param": None, "code": "internal_error"}}
+    return JSONResponse(body, status_code=500)
+
+
+def create_app(settings: Settings, backend: Backend | None = None, load: bool = True) -> Starlette:
+    """The ASGI app. With ``load`` the model loads on a thread once the server starts."""
+    backend = backend or Backend(settings)
+    svc = Service(settings, backend)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if load and not backend.ready:
+            threading.Thread(target=backend.load, name="clawlan-load", daemon=True).start()
+        try:
+            yield
+        finally:
+            backend.close()
+
+    middleware = [Middleware(ByteCounterMiddleware, metrics=svc.metrics)]
+    if settings.server.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.server.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type"],
+            )
+        )
+    middleware.append(Middleware(ApiKeyMiddleware, keys=settings.server.api_keys))
+    app = Starlette(
+        routes=[
+            Route("/health", svc.health),
+            Route("/metrics", svc.metrics_endpoint),
+            Route("/v1/models", svc.models),
+            Route("/v1/chat/completions", svc.chat, methods=["POST"]),
+            Route("/v1/completions", svc.completions, methods=["POST"]),
+        ],
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+    )
+    app.state.service = svc
+    app.state.backend = backend
+
+    def on_step(step: Any, seconds: float) -> None:
+        svc.metrics.on_step(step, seconds)
+
+    backend.on_step = on_step
+    if backend.engine is not None:
+        backend.engine.on_step = on_step
+    return app

@@ -1,0 +1,161 @@
+"""The loaded model behind the HTTP API: model file, engine, template, limits.
+
+Loading happens on a background thread after the HTTP server is listening,
+so ``/health`` can answer 503 while the model loads and 200 once it is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from clawlan.config import Settings
+from clawlan.errors import ClawlanError, ConfigError
+from clawlan.model.metadata import ModelInfo
+from clawlan.model.store import EMBEDDED_ID, resolve
+from clawlan.server.chat_template import ChatTemplate, load_template
+
+log = logging.getLogger(__name__)
+MB = 1 << 20
+
+
+@dataclass
+class ContextPlan:
+    max_context: int  # one request's prompt + output
+    kv_tokens: int  # KV cells shared by all sequences
+    kv_bytes: int
+    budget_bytes: int
+
+
+def plan_context(info: ModelInfo, settings: Settings, available: int | None = None) -> ContextPlan:
+    """Pick the context: the largest that fits the memory budget for batch_size sequences.
+
+    The KV cache keeps every layer's full history (``swa_full``) so cached
+    prefixes stay reusable, so sliding-window layers cost as much as global ones.
+    """
+    s = settings.server
+    per_token = max(1.0, info.kv_bytes_per_token())
+    if available is None:
+        available = psutil.virtual_memory().available
+    budget = s.memory_budget_mb * MB if s.memory_budget_mb else int(available * 0.25)
+    trained = info.context_length or 4096
+    batch = s.batch_size
+    if s.max_context_tokens:
+        max_ctx = s.max_context_tokens
+        if max_ctx > trained:
+            log.warning("max_context_tokens %d is above the model's trained %d; using %d", max_ctx, trained, trained)
+            max_ctx = trained
+        kv = s.kv_tokens or max(max_ctx, min(max_ctx * batch, int(budget // per_token)))
+    else:
+        fit = int(budget // per_token)
+        max_ctx = min(trained, fit // batch)
+        kv = s.kv_tokens or max_ctx * batch
+    kv = max(256, (kv + 255) // 256 * 256)
+    max_ctx = min(max_ctx, kv)
+    if max_ctx < 256:
+        raise ConfigError(
+            f"server.memory_budget_mb: {budget // MB} MB holds only {int(budget // per_token)} KV tokens for "
+            f"{batch} sequences; raise memory_budget_mb or lower batch_size"
+        )
+    return ContextPlan(max_context=max_ctx, kv_tokens=kv, kv_bytes=int(kv * per_token), budget_bytes=budget)
+
+
+class Backend:
+    """Owns the model and engine; ``ready`` once both are loaded."""
+
+    def __init__(self, settings: Settings, model: Any = None, info: ModelInfo | None = None) -> None:
+        self.settings = settings
+        self.on_step: Any = None  # metrics hook, called on the engine thread after each decode
+        self.ready = False
+        self.error: str | None = None
+        self.info: ModelInfo | None = info
+        self.model = model  # a preloaded clawlan.engine.llama.Model (tests share one)
+        self.engine: Any = None
+        self.template: ChatTemplate | None = None
+        self.plan: ContextPlan | None = None
+        self.model_id = settings.server.model_alias or EMBEDDED_ID
+        self.loaded = threading.Event()
+        self.end_of_turn: list[int] = []
+
+    def load(self) -> None:
+        """Resolve, check and load the model, then start the engine (blocking)."""
+        try:
+            self._load()
+            self.ready = True
+        except ClawlanError as exc:
+            self.error = str(exc)
+            log.error("%s", exc)
+        except Exception as exc:  # a native failure must not leave /health saying "loading" forever
+            self.error = f"loading failed: {exc}"
+            log.exception("loading failed")
+        finally:
+            self.loaded.set()
+
+    def _load(self) -> None:
+        from clawlan.engine.engine import EngineConfig, build_engine
+        from clawlan.engine.llama import Model
+
+        s = self.settings.server
+        if self.info is None:
+            self.info = resolve(s.model, s.model_sha256)
+        info = self.info
+        if not s.model_alias and s.model:
+            self.model_id = info.path.stem
+        self.plan = plan = plan_context(info, self.settings)
+        threads = s.threads or psutil.cpu_count(logical=False) or 1
+        if self.model is None:
+            self.model = Model(info.path, gpu_layers=s.gpu_layers)
+        m = self.model
+        self.engine = build_engine(
+            m,
+            EngineConfig(
+                batch_size=s.batch_size,
+                max_wait_ms=s.max_wait_ms,
+                kv_tokens=plan.kv_tokens,
+                max_seq_tokens=plan.max_context,
+                token_budget=s.prefill_chunk,
+                threads=threads,
+            ),
+        )
+        self.engine.on_step = self.on_step
+        self.engine.start()
+        bos = m.detokenize([m.bos]) if m.bos >= 0 else ""
+        bos = bos or "<bos>"
+        eos = "</s>"
+        self.template = load_template(m.chat_template() or info.chat_template, info.architecture, bos, eos)
+        ids = (m.token_id(marker) for marker in self.template.stop_markers)
+        self.end_of_turn = [i for i in ids if i is not None]
+        log.info(
+            "model %s (%s, %.0f MB) loaded; context %d tokens per request, KV cache %d tokens = %.0f MB "
+            "(budget %.0f MB), batch %d, %d threads, chat template: %s%s",
+            self.model_id,
+            info.architecture,
+            info.file_size / MB,
+            plan.max_context,
+            plan.kv_tokens,
+            plan.kv_bytes / MB,
+            plan.budget_bytes / MB,
+            s.batch_size,
+            threads,
+            self.template.family,
+            "" if self.template.from_model else " (built in)",
+        )
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokenize a rendered chat prompt (it carries its own BOS) or a raw completion prompt."""
+        m = self.model
+        toks = m.tokenize(text, add_special=False, parse_special=True)
+        if m.bos >= 0 and (not toks or toks[0] != m.bos):
+            import llama_cpp
+
+            if llama_cpp.llama_vocab_get_add_bos(m.vocab):
+                toks.insert(0, m.bos)
+        return toks
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()

@@ -1,0 +1,221 @@
+"""Chat messages to a prompt: the GGUF's own Jinja template, or a built-in one.
+
+The model's ``tokenizer.chat_template`` runs in Jinja's immutable sandbox, so
+a template shipped inside a model file cannot reach Python. Files without a
+template (the embedded Gemma 3 270M base has none) get a built-in template
+for their family.
+
+Before rendering, messages are normalised to what real clients send and
+strict templates refuse:
+
+- content given as an array of text parts is joined into one string;
+- the ``developer`` role is treated as ``system``;
+- consecutive messages of the same role are merged (Clawdbot sends two user
+  messages in a row every turn, and Gemma's template rejects that);
+- assistant ``tool_calls`` and ``tool`` results are kept for templates that
+  understand them, and rendered as text for those that do not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from clawlan.errors import InvalidRequest
+
+# Built-in templates, written for clawlan. Each expects normalised messages; ``turns`` is
+# messages without the system ones, for families that fold the system text into the first turn.
+GEMMA = (
+    "{{ bos_token }}"
+    "{% for m in turns %}"
+    "<start_of_turn>{{ 'model' if m.role == 'assistant' else 'user' }}\n"
+    "{% if loop.first and system %}{{ system }}\n\n{% endif %}"
+    "{{ m.content | trim }}<end_of_turn>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+CHATML = (
+    "{% for m in messages %}"
+    "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAMA3 = (
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "<|start_header_id|>{{ 'ipython' if m.role == 'tool' else m.role }}<|end_header_id|>\n\n"
+    "{{ m.content | trim }}<|eot_id|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+MISTRAL = (
+    "{{ bos_token }}"
+    "{% for m in turns %}"
+    "{% if m.role == 'assistant' %}{{ m.content }}{{ eos_token }}"
+    "{% else %}[INST] {% if loop.first and system %}{{ system }}\n\n{% endif %}{{ m.content }}[/INST]{% endif %}"
+    "{% endfor %}"
+)
+BUILTIN = {"gemma": GEMMA, "chatml": CHATML, "llama3": LLAMA3, "mistral": MISTRAL}
+# Text that ends an assistant turn in each family, besides the model's end-of-generation tokens.
+TURN_END = {"gemma": "<end_of_turn>", "chatml": "<|im_end|>", "llama3": "<|eot_id|>", "mistral": "</s>"}
+# A new turn starting also ends the answer: a base model (the embedded Gemma) often skips the end marker.
+TURN_START = {"gemma": "<start_of_turn>", "chatml": "<|im_start|>", "llama3": "<|start_header_id|>", "mistral": "[INST]"}
+
+
+def detect_family(template: str | None, architecture: str) -> str:
+    """The prompt family of a template (or of a model without one, by architecture)."""
+    if template:
+        if "<start_of_turn>" in template:
+            return "gemma"
+        if "<|start_header_id|>" in template:
+            return "llama3"
+        if "[INST]" in template:
+            return "mistral"
+        if "<|im_start|>" in template:
+            return "chatml"
+        return "custom"
+    if architecture.startswith("gemma"):
+        return "gemma"
+    if architecture == "llama":
+        return "llama3"
+    return "chatml"
+
+
+def content_text(content: Any, where: str) -> str:
+    """A message's content as one string: a string, null, or an array of text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for i, part in enumerate(content):
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and part.get("type") in ("text", "input_text"):
+                parts.append(str(part.get("text", "")))
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise InvalidRequest(
+                    f"{where}.content[{i}] has type {kind!r}; this model accepts only text parts",
+                    param=f"{where}.content",
+                )
+        return "\n".join(parts)
+    raise InvalidRequest(f"{where}.content must be a string or an array of text parts", param=f"{where}.content")
+
+
+def tool_calls_text(calls: list[dict[str, Any]]) -> str:
+    """Assistant tool calls as text, for templates that have no tool syntax of their own."""
+    out = []
+    for c in calls:
+        fn = c.get("function") or {}
+        args = fn.get("arguments", "{}")
+        try:
+            args_obj = json.loads(args) if isinstance(args, str) else args
+        except json.JSONDecodeError:
+            args_obj = args
+        out.append("<tool_call>\n" + json.dumps({"name": fn.get("name"), "arguments": args_obj}, ensure_ascii=False) + "\n</tool_call>")
+    return "\n".join(out)
+
+
+def normalize(messages: list[dict[str, Any]], native_tools: bool) -> list[dict[str, Any]]:
+    """Clean messages as described in the module docstring."""
+    if not messages:
+        raise InvalidRequest("messages must contain at least one message", param="messages")
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        role = m.get("role")
+        if role == "developer":
+            role = "system"
+        if role not in ("system", "user", "assistant", "tool"):
+            raise InvalidRequest(f"{where}.role is {role!r}; use system, developer, user, assistant or tool", param=f"{where}.role")
+        text = content_text(m.get("content"), where)
+        msg: dict[str, Any] = {"role": role, "content": text}
+        calls = m.get("tool_calls") or []
+        if role == "assistant" and calls:
+            if native_tools:
+                msg["tool_calls"] = calls
+            else:
+                msg["content"] = (text + "\n" if text else "") + tool_calls_text(calls)
+        if role == "tool":
+            if native_tools:
+                msg["tool_call_id"] = m.get("tool_call_id")
+                if m.get("name"):
+                    msg["name"] = m["name"]
+            else:
+                # Templates without a tool role see the result as a user turn that says what it is.
+                name = m.get("name") or m.get("tool_call_id") or "tool"
+                msg = {"role": "user", "content": f"<tool_response name=\"{name}\">\n{text}\n</tool_response>"}
+        prev = out[-1] if out else None
+        if prev and prev["role"] == msg["role"] and "tool_calls" not in prev and "tool_calls" not in msg and msg["role"] != "tool":
+            prev["content"] = (prev["content"] + "\n\n" + msg["content"]) if prev["content"] else msg["content"]
+        else:
+            out.append(msg)
+    return out
+
+
+def _raise(message: str) -> None:
+    raise TemplateError(message)
+
+
+def _tojson(value: Any, indent: int | None = None, **_: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+@dataclass
+class ChatTemplate:
+    source: str
+    family: str
+    bos_token: str
+    eos_token: str
+    from_model: bool
+
+    def __post_init__(self) -> None:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        env.filters["tojson"] = _tojson
+        try:
+            self._template = env.from_string(self.source)
+        except TemplateError as exc:
+            raise InvalidRequest(f"the model's chat template does not compile: {exc}") from None
+        # Templates from model files that mention tools get the structured form; ours get text.
+        self.native_tools = self.from_model and "tool" in self.source
+
+    @property
+    def stop_markers(self) -> list[str]:
+        """Special tokens that end an assistant turn in this family."""
+        return [m for m in (TURN_END.get(self.family), TURN_START.get(self.family)) if m]
+
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, add_generation_prompt: bool = True) -> str:
+        msgs = normalize(messages, self.native_tools)
+        system = "\n\n".join(m["content"] for m in msgs if m["role"] == "system")
+        try:
+            return self._template.render(
+                messages=msgs,
+                turns=[m for m in msgs if m["role"] != "system"],
+                system=system,
+                tools=tools if self.native_tools else None,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+            )
+        except TemplateError as exc:
+            raise InvalidRequest(f"the chat template refused these messages: {exc}", param="messages") from None
+
+
+def load_template(model_template: str | None, architecture: str, bos: str, eos: str, override: str | None = None) -> ChatTemplate:
+    """The template for a model: an explicit override, the GGUF's own, or a built-in one."""
+    if override:
+        src = BUILTIN.get(override, override)
+        return ChatTemplate(src, override if override in BUILTIN else detect_family(src, architecture), bos, eos, from_model=False)
+    if model_template:
+        return ChatTemplate(model_template, detect_family(model_template, architecture), bos, eos, from_model=True)
+    family = detect_family(None, architecture)
+    return ChatTemplate(BUILTIN[family], family, bos, eos, from_model=False)

@@ -1,0 +1,96 @@
+"""OpenAI request bodies, validated with pydantic.
+
+Unknown fields are ignored (clients send many, such as ``store`` or
+``metadata``), but every field we use is type- and range-checked, and a bad
+one becomes a 400 whose message and ``param`` name it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from clawlan.errors import InvalidRequest
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repeat_penalty: float = Field(1.0, gt=0.0)
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        if len(stops) > 16:
+            raise InvalidRequest("stop accepts at most 16 strings", param="stop")
+        return stops
+
+
+class ChatRequest(Sampling):
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+
+    @property
+    def output_limit(self) -> int | None:
+        # max_completion_tokens is the newer name; either is accepted, the newer wins.
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str] | list[int]
+    max_tokens: int | None = Field(16, ge=1)  # OpenAI's completions default
+    echo: bool = False
+    logprobs: int | None = None
+    suffix: str | None = None
+
+    @property
+    def output_limit(self) -> int | None:
+        return self.max_tokens
+
+
+def parse(model: type[BaseModel], raw: bytes) -> Any:
+    """Parse and validate a JSON body, or raise InvalidRequest naming the field."""
+    try:
+        data = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        got = json.dumps(err.get("input"), default=str)
+        if len(got) > 80:
+            got = got[:77] + "..."
+        msg = err["msg"] if err["type"] != "missing" else "Field required"
+        raise InvalidRequest(f"invalid value for '{loc}': {msg} (got {got})", param=loc) from None
+
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]

@@ -1,0 +1,129 @@
+"""Run the HTTP service with uvicorn: on the main thread (CLI) or a background one (tests, ``run``).
+
+The socket is bound here, before uvicorn starts, so a port in use is a clear
+one-line error and port 0 (tests) reports the port it got. mDNS advertising
+starts once the socket is listening and stops with the server.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+from typing import Any
+
+import uvicorn
+
+from clawlan import __version__
+from clawlan.config import Settings
+from clawlan.discovery.advertiser import Advertiser
+from clawlan.discovery.service import ServiceRecord
+from clawlan.errors import ConfigError
+from clawlan.server.app import create_app
+from clawlan.server.backend import Backend
+
+log = logging.getLogger(__name__)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"backend.service_port = {port}: the port is already in use on {host}; "
+                "stop the other server or choose another with --port"
+            ) from None
+        raise ConfigError(f"server.host = {host!r}: cannot bind ({exc.strerror}); use 127.0.0.1 or an address of this host") from None
+    sock.listen(2048)
+    return sock
+
+
+class RunningServer:
+    """A clawlan server bound to a socket; ``start()`` runs it on a thread, ``run()`` on this one."""
+
+    def __init__(self, settings: Settings, backend: Backend | None = None, port: int | None = None) -> None:
+        self.settings = settings
+        self.backend = backend or Backend(settings)
+        self.app = create_app(settings, self.backend)
+        s = settings.server
+        self.sock = bind(s.host, settings.backend.service_port if port is None else port)
+        self.port = self.sock.getsockname()[1]
+        self.host = s.host
+        self.tls = bool(s.tls_cert and s.tls_key)
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            ssl_certfile=s.tls_cert,
+            ssl_keyfile=s.tls_key,
+            timeout_graceful_shutdown=3,
+            access_log=False,
+        )
+        self.server = uvicorn.Server(config)
+        self.advertiser: Advertiser | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    @property
+    def service(self) -> Any:
+        return self.app.state.service
+
+    def _advertise(self) -> None:
+        if not self.settings.advertise:
+            return
+        name = self.settings.discovery.service_name or f"clawlan on {socket.gethostname().split('.')[0]}"
+        record = ServiceRecord(
+            name=name,
+            host=self.host,
+            port=self.port,
+            model=self.backend.model_id,
+            version=__version__,
+            auth=bool(self.settings.server.api_keys),
+            tls=self.tls,
+        )
+        self.advertiser = Advertiser(record, self.host)
+        try:
+            self.advertiser.start()
+        except OSError as exc:  # no multicast on this network: serve anyway
+            log.warning("mDNS advertising failed (%s); front ends must use a static address", exc)
+            self.advertiser = None
+
+    def run(self) -> None:
+        """Serve until interrupted (the CLI)."""
+        log.info("clawlan %s listening on %s (model loading in the background)", __version__, self.base_url)
+        self._advertise()
+        try:
+            self.server.run(sockets=[self.sock])
+        finally:
+            self._cleanup()
+
+    def start(self, timeout: float = 120.0) -> RunningServer:
+        """Serve on a background thread; return once the model is loaded (or failed)."""
+        self._advertise()
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self._thread.start()
+        if not self.backend.loaded.wait(timeout):
+            raise TimeoutError("the model did not load in time")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.advertiser is not None:
+            self.advertiser.stop()
+            self.advertiser = None
+        self.sock.close()
