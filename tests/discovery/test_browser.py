@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.frontend.conftest import StubBackend
 
 from clawlan.discovery.browser import Discoverer
-from tests.frontend.conftest import StubBackend, start_front  # noqa: F401 - start_front is a fixture
 
 zeroconf = pytest.importorskip("zeroconf")
 from zeroconf import IPVersion, ServiceInfo, Zeroconf  # noqa: E402
@@ -128,8 +128,25 @@ def test_late_service_replaces_fallback(advertiser: Advertiser, service_type: st
         d.close()
 
 
-def test_front_end_follows_backend_to_a_new_port(advertiser: Advertiser, service_type: str, start_front: Any,
-                                                 tmp_path: Any) -> None:
+@pytest.fixture
+def start_front(tmp_path: Any) -> Iterator[Any]:
+    from tests.frontend.conftest import free_port
+
+    from clawlan.frontend.command import launch
+
+    started: list[Any] = []
+
+    def start(backend_url: str, *extra: str) -> Any:
+        fp = launch(backend=backend_url, port=free_port(), extra_args=["--data-dir", str(tmp_path / "front"), *extra])
+        started.append(fp)
+        return fp
+
+    yield start
+    for fp in started:
+        fp.stop()
+
+
+def test_front_end_follows_backend_to_a_new_port(advertiser: Advertiser, service_type: str, start_front: Any) -> None:
     """End to end: the front end finds the stub back end by mDNS; it restarts on another port; the next request works."""
     stub = StubBackend().start()
     advertiser.register(stub.port)

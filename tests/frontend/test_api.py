@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from tests.frontend.conftest import StubBackend, wait_until
 
 

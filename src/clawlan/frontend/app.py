@@ -75,6 +75,7 @@ class FrontConfig:
     mdns_service_type: str | None = None
     admin_token: str | None = None
     max_tokens: int = 512
+    request_defaults: dict[str, Any] = field(default_factory=dict)
     segmenter: str = "jieba"
 
     @classmethod
@@ -313,6 +314,7 @@ class Frontend:
         if msgs[-1]["role"] != "user":
             msgs.append({"role": "user", "content": question})
         return {
+            **self.cfg.request_defaults,
             "messages": msgs,
             "stream": True,
             "stream_options": {"include_usage": True},

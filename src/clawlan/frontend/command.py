@@ -8,6 +8,7 @@ inference crash cannot take the chat page with it).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -57,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--admin-token", default=os.environ.get("CLAWLAN_FRONT_ADMIN_TOKEN"),
                    help="token for editing prompts from other machines (default: only from this box)")
     p.add_argument("--max-tokens", type=int, default=512, help="longest answer requested from the back end")
+    p.add_argument("--request-defaults", metavar="JSON", default=None,
+                   help='extra fields for every chat request to the back end, e.g. \'{"temperature": 0.3}\'')
     p.add_argument("--kiosk", action="store_true", help="also open a full-screen browser window on the chat")
     p.add_argument("--log-level", type=lambda s: s.upper(), default=None, help="debug, info, warning, error")
     p.set_defaults(func=main)
@@ -86,7 +89,20 @@ def front_config(args: argparse.Namespace):  # noqa: ANN201 - FrontConfig, impor
         mdns_service_type=args.mdns_service_type,
         admin_token=args.admin_token,
         max_tokens=args.max_tokens,
+        request_defaults=_json_object(args.request_defaults),
     )
+
+
+def _json_object(raw: str | None) -> dict[str, object] | None:
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"--request-defaults is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--request-defaults must be a JSON object")
+    return value
 
 
 def kiosk_command(url: str, render_mode: str, browser: str | None = None) -> list[str]:

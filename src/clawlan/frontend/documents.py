@@ -69,12 +69,13 @@ def extract(name: str, data: bytes) -> str:
 _SENT_END = re.compile(r"(?<=[。！？；!?;.])\s*")
 
 
-def chunk(text: str, size: int = 500, overlap: int = 80) -> list[str]:
+def chunk(text: str, size: int = 300, overlap: int = 60) -> list[str]:
     """Split into pieces of about ``size`` characters along paragraph, then sentence, boundaries.
 
     Characters rather than tokens: Chinese and English differ by ~3x in
     characters per token, and the model's context is the back end's concern;
-    500 characters keeps three snippets well under a 2048-token context.
+    300 characters is about one FAQ answer or policy clause: a precise snippet to
+    cite, and three of them stay well under a 2048-token context.
     """
     paras = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     pieces: list[str] = []

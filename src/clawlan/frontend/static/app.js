@@ -335,8 +335,10 @@ async function send(content, regenerate) {
   updateButtons();
   let text = "";
   let pending = false;
+  let finished = false;
   const paint = () => {
     pending = false;
+    if (finished) return;  // a frame queued before the end must not undo the final render
     renderMarkdown(el.querySelector(".body"), text, false);
     setState(el, el.dataset.state);
     scrollDown();
@@ -385,6 +387,7 @@ async function send(content, regenerate) {
           text += ev.text;
           if (!pending) { pending = true; requestAnimationFrame(paint); }
         } else if (ev.type === "done" || ev.type === "stopped" || ev.type === "error") {
+          finished = true;
           text = ev.content ?? text;
           renderMarkdown(el.querySelector(".body"), text, true);
           setState(el, ev.type, ev.error);
@@ -392,12 +395,14 @@ async function send(content, regenerate) {
       }
     }
   } catch (e) {
+    finished = true;
     if (e.name !== "AbortError") {
       renderMarkdown(el.querySelector(".body"), text, true);
       setState(el, "error", e.message);
     }
   } finally {
     if (el.dataset.state === "streaming" || el.dataset.state === "queued") {
+      finished = true;
       renderMarkdown(el.querySelector(".body"), text, true);
       setState(el, "stopped");
     }
