@@ -38,43 +38,41 @@ def buffer_sizes(lines: list[str]) -> dict[str, float]:
 
 
 @pytest.fixture(scope="session")
-def embedded_path() -> Path:
-    from clawlan.model.store import embedded_model_path
-
-    return embedded_model_path()
-
-
-@pytest.fixture(scope="session")
-def embedded_info(embedded_path: Path):
-    # Parsing Gemma's 262k-token vocabulary takes gguf ~12 s: do it once.
-    from clawlan.model.metadata import read_metadata
-
-    return read_metadata(embedded_path)
+def embedded_info(model_info):  # noqa: ANN001, ANN201 (tests/conftest.py's session fixture)
+    # Parsing Gemma's 262k-token vocabulary takes gguf ~12 s: reuse the session's one read.
+    return model_info
 
 
 @pytest.fixture(scope="session")
-def embedded_allocation(embedded_path: Path) -> dict[str, float]:
-    """What llama.cpp allocates for the embedded model with 8 sessions of 1024 tokens.
+def embedded_allocation(llama_model) -> dict[str, dict[str, float]]:  # noqa: ANN001
+    """What llama.cpp allocates for the embedded model, on the session's one loaded model.
 
-    Loaded once for the whole session through the low-level bindings, with the context settings
-    the engine uses (one unified KV cache for all sequences, windowed SWA cache).
+    ``engine``: a context made by the engine's own ``Context`` class (16,384 unified cells for 8
+    sequences, micro-batch 512, sliding-window layers kept whole). ``windowed``: the same through
+    the raw bindings with ``swa_full`` off, as llama-server allocates (8,192 cells, 8 sequences).
+    ``model``: llama_model_size, the weights the engine reports.
     """
     llama_cpp = pytest.importorskip("llama_cpp")
+    from clawlan.engine import llama as engine_llama
+
     log = capture_llama_log()
-    llama_cpp.llama_backend_init()
-    mp = llama_cpp.llama_model_default_params()
-    model = llama_cpp.llama_model_load_from_file(str(embedded_path).encode(), mp)
-    assert model, "llama.cpp could not load the embedded model"
-    cp = llama_cpp.llama_context_default_params()
-    cp.n_ctx, cp.n_seq_max, cp.kv_unified, cp.swa_full = 8192, 8, True, False
-    cp.n_batch = cp.n_ubatch = 512
-    cp.n_threads = cp.n_threads_batch = 1
-    ctx = llama_cpp.llama_init_from_model(model, cp)
-    assert ctx, "llama.cpp could not create a context"
-    sizes = buffer_sizes(list(log))
-    llama_cpp.llama_free(ctx)
-    llama_cpp.llama_model_free(model)
-    return sizes
+    try:
+        ctx = engine_llama.Context(llama_model, n_ctx=16384, n_batch=512, n_seq=8, threads=1)
+        engine = buffer_sizes(list(log))
+        ctx.close()
+        log.clear()
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx, cp.n_seq_max, cp.kv_unified, cp.swa_full = 8192, 8, True, False
+        cp.n_batch = cp.n_ubatch = 512
+        cp.n_threads = cp.n_threads_batch = 1
+        raw = llama_cpp.llama_init_from_model(llama_model.ptr, cp)
+        assert raw, "llama.cpp could not create a context"
+        windowed = buffer_sizes(list(log))
+        llama_cpp.llama_free(raw)
+    finally:
+        # Hand llama.cpp's log back to the engine's quiet handler.
+        llama_cpp.llama_log_set(engine_llama._quiet_log, None)
+    return {"engine": engine, "windowed": windowed, "model": {"weights": float(llama_model.size_bytes)}}
 
 
 def build_tiny_llama(path: Path, dtype: str = "f32", seed: int = 0) -> Path:

@@ -40,6 +40,7 @@ def _b(n: float) -> str:
 
 def render(p: MemoryPlan, info: ModelInfo) -> str:
     kv = p.kv
+    windowed = planner.kv_cache(info, p.ctx, p.sessions, p.kv_type, p.ubatch, swa_full=False)
     lines = [f"model      {p.model}  ({p.n_params / 1e9:.3g}B params, {p.n_layers} layers, {info.architecture})"]
     if p.assumed:
         lines.append(
@@ -48,8 +49,14 @@ def render(p: MemoryPlan, info: ModelInfo) -> str:
         )
     lines.append(f"workload   {p.sessions} session(s) x {p.ctx:,} tokens, KV {p.kv_type}, micro-batch {p.ubatch}")
     lines.append("")
-    lines.append(f"{'':2}{'exact (llama.cpp)':<44}{'bytes':>14}")
-    win = f", sliding-window layers at {kv.swa_cells:,} cells" if kv.swa_layers else ""
+    lines.append(f"  {'exact (llama.cpp)':<60}{'bytes':>14}")
+    win = ""
+    if kv.swa_layers:
+        win = (
+            f", {kv.swa_layers} SWA layers kept whole"
+            if p.swa_full
+            else f", {kv.swa_layers} SWA layers at {kv.swa_cells:,}"
+        )
     rows = [
         (f"weights ({p.quant})", p.weights),
         (
@@ -57,7 +64,12 @@ def render(p: MemoryPlan, info: ModelInfo) -> str:
             f"({info.head_dim_k}+{info.head_dim_v}) x {planner.kv_elem_bytes(p.kv_type):g} B",
             None,
         ),
-        (f"   {kv.per_token:,.0f} B/token, {kv.cells:,} cells{win}", kv.bytes),
+        (f"   {kv.per_token:,.0f} B/token x {kv.cells:,} cells{win}", kv.bytes),
+        *(
+            [(f"   (SWA layers at their window, as llama-server: {_b(windowed.bytes)})", None)]
+            if kv.swa_layers and p.swa_full
+            else []
+        ),
         (f"compute buffer (logits {p.ubatch} x {info.vocab_size:,} x 4 B)", p.compute),
         ("output buffer (one logits row per session)", p.output),
         ("runtime (interpreter, llama.cpp, slack)", p.runtime),
@@ -97,7 +109,15 @@ def run(args: argparse.Namespace) -> int:
         found = planner.detect_gpu()
         gpu = found[0] if found else None
     p = planner.plan_memory(
-        info, args.ctx, args.sessions, args.quant, kv_type=args.kv_type, ubatch=args.ubatch, ram=ram, gpu=gpu
+        info,
+        args.ctx,
+        args.sessions,
+        args.quant,
+        kv_type=args.kv_type,
+        ubatch=args.ubatch,
+        ram=ram,
+        gpu=gpu,
+        swa_full=not args.swa_window,
     )
     if args.json:
         print(json.dumps(p.to_dict(), indent=2, default=str))
@@ -117,5 +137,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--ram", type=float, metavar="GB", help="RAM (default: this machine's)")
     sp.add_argument("--kv-type", default="f16", help=f"KV cache type ({', '.join(planner.KV_TYPES)})")
     sp.add_argument("--ubatch", type=int, default=planner.DEFAULT_UBATCH, help="llama.cpp micro-batch (n_ubatch)")
+    sp.add_argument(
+        "--swa-window",
+        action="store_true",
+        help="count sliding-window layers at their window (llama-server's default) instead of clawlan's full cache",
+    )
     sp.add_argument("--json", action="store_true", help="print the plan as JSON")
     sp.set_defaults(func=run)

@@ -13,7 +13,11 @@ load log on the embedded Gemma 3 270M:
   Global-attention layers hold every cell (context x sessions, one unified
   cache). Sliding-window layers hold only ``window x sessions + ubatch`` cells,
   which is what llama.cpp's ``llama_kv_cache_iswa`` allocates when
-  ``swa_full`` is off;
+  ``swa_full`` is off (llama-server's default). clawlan's engine turns
+  ``swa_full`` on, so that a cached prefix longer than the window stays
+  reusable; then windowed layers cost as much as global ones. Both are
+  computed; ``swa_full=True`` is the default because that is what
+  ``clawlan serve`` allocates;
 * **compute buffer** - llama.cpp reserves the graph for a full micro-batch
   with every token producing logits, so the largest tensor is
   ``ubatch x vocab x 4`` bytes (514.5 MiB for Gemma's 262k vocabulary!);
@@ -314,6 +318,7 @@ class MemoryPlan:
     compute: float
     output: float
     runtime: float = RUNTIME_BYTES
+    swa_full: bool = True
     assumed: str | None = None
     # the seed's rule of thumb
     rule_weights: float = 0.0
@@ -356,6 +361,7 @@ def plan_memory(
     ubatch: int = DEFAULT_UBATCH,
     ram: float | None = None,
     gpu: float | None = None,
+    swa_full: bool = True,
 ) -> MemoryPlan:
     """Memory for ``sessions`` concurrent sequences of ``ctx`` tokens; ``ram``/``gpu`` in bytes."""
     if sessions < 1:
@@ -383,7 +389,8 @@ def plan_memory(
         weights=weights,
         layer_bytes=layer_b,
         other_bytes=other_b,
-        kv=kv_cache(info, ctx, sessions, kv_type, ub),
+        kv=kv_cache(info, ctx, sessions, kv_type, ub, swa_full),
+        swa_full=swa_full,
         compute=compute_bytes(info, ub),
         output=output_bytes(info, sessions),
         assumed=info.raw.get("assumed"),
@@ -397,7 +404,12 @@ def plan_memory(
 
 
 def max_context(
-    info: ModelInfo, budget_bytes: float, sessions: int = 1, kv_type: str = "f16", ubatch: int = DEFAULT_UBATCH
+    info: ModelInfo,
+    budget_bytes: float,
+    sessions: int = 1,
+    kv_type: str = "f16",
+    ubatch: int = DEFAULT_UBATCH,
+    swa_full: bool = True,
 ) -> int:
     """The largest per-sequence context (a multiple of 256, at most the trained context) whose KV
     cache for ``sessions`` sequences fits ``budget_bytes``; 0 if not even 256 tokens fit.
@@ -407,7 +419,7 @@ def max_context(
     lo, hi = 0, max(info.context_length // PAD, 1)
     while lo < hi:  # KV bytes grow monotonically with context, so bisect on multiples of 256
         mid = (lo + hi + 1) // 2
-        if kv_cache(info, mid * PAD, sessions, kv_type, ubatch).bytes <= budget_bytes:
+        if kv_cache(info, mid * PAD, sessions, kv_type, ubatch, swa_full).bytes <= budget_bytes:
             lo = mid
         else:
             hi = mid - 1
@@ -415,14 +427,20 @@ def max_context(
 
 
 def max_sessions(
-    info: ModelInfo, budget_bytes: float, ctx: int, kv_type: str = "f16", ubatch: int = DEFAULT_UBATCH, cap: int = 1024
+    info: ModelInfo,
+    budget_bytes: float,
+    ctx: int,
+    kv_type: str = "f16",
+    ubatch: int = DEFAULT_UBATCH,
+    swa_full: bool = True,
+    cap: int = 1024,
 ) -> int:
     """The most concurrent sequences of ``ctx`` tokens whose KV cache (and logits rows) fit."""
     best = 0
     lo, hi = 1, cap
     while lo <= hi:
         mid = (lo + hi) // 2
-        need = kv_cache(info, ctx, mid, kv_type, ubatch).bytes + output_bytes(info, mid)
+        need = kv_cache(info, ctx, mid, kv_type, ubatch, swa_full).bytes + output_bytes(info, mid)
         if need <= budget_bytes:
             best, lo = mid, mid + 1
         else:
@@ -481,9 +499,9 @@ def _verdict(p: MemoryPlan, info: ModelInfo) -> None:
     else:
         left = 0.0
     if left:
-        p.max_ctx = max_context(info, left, p.sessions, p.kv_type, p.ubatch) if left > 0 else 0
+        p.max_ctx = max_context(info, left, p.sessions, p.kv_type, p.ubatch, p.swa_full) if left > 0 else 0
         # max_sessions counts the logits rows itself, so give back the ones already in ``fixed``.
-        p.max_sessions = max_sessions(info, left + p.output, p.ctx, p.kv_type, p.ubatch) if left > 0 else 0
+        p.max_sessions = max_sessions(info, left + p.output, p.ctx, p.kv_type, p.ubatch, p.swa_full) if left > 0 else 0
 
 
 def _groups(layers: int, on_gpu: int) -> str:
