@@ -1,0 +1,361 @@
+"""JSON Schema to GBNF: the language is right, refusals are loud, llama.cpp takes it."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from clawlan.errors import InvalidRequest
+from clawlan.tools.grammar import (
+    FAMILIES,
+    UnsupportedSchemaFeature,
+    json_object_grammar,
+    response_format_grammar,
+    schema_to_gbnf,
+    tool_call_grammar,
+)
+from clawlan.tools.parser import parse_tool_calls
+
+from .gbnf_regex import accepts, gbnf_to_regex
+from .openclaw_tools import TOOLS, schema_of
+
+jsonschema = pytest.importorskip("jsonschema")
+
+
+def valid(schema: dict, text: str) -> bool:
+    try:
+        jsonschema.validate(json.loads(text), schema)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
+
+
+# -- the language -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("schema", "lo", "hi"),
+    [
+        ({"type": "integer", "minimum": 1, "maximum": 14}, -30, 40),
+        ({"type": "integer", "minimum": -17, "maximum": 123}, -150, 150),
+        ({"type": "integer", "exclusiveMinimum": 0}, -20, 120),
+        ({"type": "integer", "minimum": 7}, -20, 1200),
+        ({"type": "integer", "maximum": -3}, -120, 20),
+        ({"type": "integer", "minimum": 95, "maximum": 1005}, 0, 1100),
+        ({"type": "integer", "minimum": 0, "exclusiveMaximum": 100}, -10, 110),
+        ({"type": "integer", "minimum": 1.5, "maximum": 9.9}, -5, 15),
+    ],
+)
+def test_integer_ranges_are_exact(schema: dict, lo: int, hi: int) -> None:
+    rx = gbnf_to_regex(schema_to_gbnf(schema))
+    for n in range(lo, hi + 1):
+        assert (rx.fullmatch(str(n)) is not None) == valid(schema, str(n)), n
+    assert not rx.fullmatch("007")  # no leading zeros: not JSON
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "number", "minimum": 0, "maximum": 1},
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+        {"type": "number", "minimum": -2.5, "maximum": 3},
+        {"type": "number", "maximum": -1},
+    ],
+)
+def test_number_bounds_only_admit_valid_numbers(schema: dict) -> None:
+    rx = gbnf_to_regex(schema_to_gbnf(schema))
+    rng = random.Random(4)
+    candidates = [
+        "0",
+        "1",
+        "-1",
+        "0.5",
+        "-0.5",
+        "0.0",
+        "1.0",
+        "0.999",
+        "2.75",
+        "-2.25",
+        "-3.5",
+        "599.9",
+        "600",
+        "601",
+    ]
+    candidates += [f"{rng.uniform(-700, 700):.3f}" for _ in range(300)]
+    admitted = [c for c in candidates if rx.fullmatch(c)]
+    assert admitted, "the grammar admits no number at all"
+    for c in admitted:
+        assert valid(schema, c), c
+
+
+def test_optional_properties_in_any_subset_and_required_enforced() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "boolean"}, "c": {"type": "null"}},
+        "required": ["b"],
+    }
+    g = schema_to_gbnf(schema)
+    assert accepts(g, '{"b": true}')
+    assert accepts(g, '{"a": 1, "b": false}')
+    assert accepts(g, '{"b": true, "c": null}')
+    assert accepts(g, '{"a": 1, "b": true, "c": null}')
+    assert accepts(g, '{\n  "a": 1,\n  "b": true\n}')
+    assert not accepts(g, '{"a": 1}')  # b is required
+    assert not accepts(g, '{"a": 1, "b": true, "d": 2}')  # no invented keys
+    assert not accepts(g, '{"b": true' + " " * 40 + "}")  # whitespace is bounded
+
+
+def test_free_form_map_and_additional_properties_never_duplicate_declared_keys() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"ab": {"type": "integer"}},
+        "additionalProperties": {"type": "string"},
+    }
+    g = schema_to_gbnf(schema)
+    assert accepts(g, '{"ab": 1, "x": "y"}')
+    assert accepts(g, '{"a": "y", "abc": "z"}')
+    assert not accepts(g, '{"ab": "y"}')
+    assert not accepts(g, '{"ab": 1, "ab": "y"}')
+    assert accepts(schema_to_gbnf({"type": "object"}), '{"k": [1, {"z": null}]}')
+
+
+def test_pattern_properties_and_patterns() -> None:
+    env = schema_of("exec")["properties"]["env"]
+    g = schema_to_gbnf(env)
+    assert accepts(g, '{"PATH": "/bin", "LANG_2": "C"}')
+    assert not accepts(g, '{"path": "/bin"}')
+    g = schema_to_gbnf({"type": "string", "pattern": r"^(foo|ba[rz])-\d{2,3}$"})
+    for s, ok in [("foo-12", True), ("baz-123", True), ("bar-1", False), ("qux-12", False)]:
+        assert accepts(g, json.dumps(s)) is ok, s
+    # Unanchored: a match anywhere will do.
+    assert accepts(schema_to_gbnf({"type": "string", "pattern": "ab"}), '"xxabyy"')
+
+
+def test_strings_enums_consts_and_arrays() -> None:
+    g = schema_to_gbnf({"type": "string", "minLength": 2, "maxLength": 4})
+    assert [accepts(g, json.dumps("x" * n)) for n in range(6)] == [False, False, True, True, True, False]
+    assert accepts(g, r'"\n\"a"')  # escapes count as one character
+    g = schema_to_gbnf({"type": "array", "items": {"enum": ["a", 1, None]}, "minItems": 1, "maxItems": 2})
+    assert accepts(g, '["a"]') and accepts(g, "[1, null]")
+    assert not accepts(g, "[]") and not accepts(g, '["a", 1, null]') and not accepts(g, '["b"]')
+    assert accepts(schema_to_gbnf({"const": {"k": [1]}}), '{"k": [1]}')
+    g = schema_to_gbnf({"type": ["integer", "null"]})
+    assert accepts(g, "null") and accepts(g, "-4") and not accepts(g, '"4"')
+
+
+def test_any_of_with_shared_siblings_and_all_of_merge() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"id": {"type": "integer"}},
+        "required": ["id"],
+        "additionalProperties": False,
+        "anyOf": [
+            {"properties": {"id": {}, "a": {"type": "string"}}, "required": ["a"]},
+            {"properties": {"id": {}, "b": {"type": "boolean"}}, "required": ["b"]},
+        ],
+    }
+    g = schema_to_gbnf(schema)
+    assert accepts(g, '{"id": 1, "a": "x"}') and accepts(g, '{"id": 2, "b": true}')
+    assert not accepts(g, '{"id": 1}') and not accepts(g, '{"a": "x"}')
+    merged = {
+        "allOf": [
+            {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]},
+            {"required": ["y"]},
+        ]
+    }
+    g = schema_to_gbnf(merged)
+    assert accepts(g, '{"x": 1, "y": true}') and not accepts(g, '{"x": 1}')
+
+
+def test_openclaw_schemas_only_admit_valid_arguments() -> None:
+    samples = {
+        "read": [
+            '{"path": "a.txt"}',
+            '{"path": "a.txt", "offset": 3, "limit": 2000}',
+            '{"path": "a", "limit": 2001}',
+        ],
+        "browser": [
+            '{"action": "open", "url": "http://x"}',
+            '{"action": "click", "target": {"ref": "e12", "x": 3}}',
+            '{"action": "snapshot"}',
+            '{"action": "click", "url": "http://x"}',
+            '{"action": "open"}',
+        ],
+        "cron": [
+            '{"action": "add", "job": {"name": "n", "schedule": {"kind": "every", "everyMs": 60000}}}',
+            '{"action": "add", "job": {"name": "n", "schedule": {"kind": "every", "everyMs": 5}}}',
+            '{"action": "list"}',
+        ],
+        "web_search": [
+            '{"query": "q", "freshness": null}',
+            '{"query": "", "count": 3}',
+            '{"query": "q", "freshness": "year"}',
+        ],
+    }
+    for name, texts in samples.items():
+        schema = schema_of(name)
+        g = schema_to_gbnf(schema, owner=f"tool {name!r}")
+        for text in texts:
+            if accepts(g, text):
+                assert valid(schema, text), (name, text)
+        assert any(accepts(g, t) for t in texts), name
+
+
+# -- refusals -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("schema", "feature"),
+    [
+        ({"type": "string", "not": {"const": "x"}}, "not"),
+        ({"if": {"type": "string"}, "then": {"maxLength": 3}}, "if"),
+        ({"type": "string", "pattern": "^(?=a)b$"}, "lookaround"),
+        ({"type": "string", "pattern": r"^\p{L}+$"}, "escape"),
+        ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+        ({"type": "integer", "multipleOf": 5}, "multipleOf"),
+        ({"$ref": "https://example.com/s.json"}, "$ref"),
+        ({"type": "object", "properties": {"a": False}}, "false"),
+        ({"type": "number", "minimum": 0.2, "maximum": 0.8}, "minimum/maximum"),
+        ({"type": "object", "propertyNames": {"maxLength": 3}}, "propertyNames"),
+    ],
+)
+def test_unsupported_features_are_a_400_naming_tool_and_feature(schema: dict, feature: str) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "frob", "parameters": {"type": "object", "properties": {"v": schema}}},
+        }
+    ]
+    with pytest.raises(UnsupportedSchemaFeature) as info:
+        tool_call_grammar(tools, "gemma")
+    err = info.value
+    assert isinstance(err, InvalidRequest) and err.status_code == 400
+    body = err.to_body()["error"]
+    assert "tool 'frob'" in body["message"] and feature in body["message"]
+    assert body["param"] == "tools"
+
+
+def test_response_format_variants() -> None:
+    assert response_format_grammar(None) is None
+    assert response_format_grammar({"type": "text"}) is None
+    assert response_format_grammar({"type": "json_object"}) == json_object_grammar()
+    with pytest.raises(InvalidRequest):
+        response_format_grammar({"type": "json_schema", "json_schema": {"name": "x"}})
+    with pytest.raises(UnsupportedSchemaFeature, match="response_format 'x'"):
+        response_format_grammar({"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}})
+    with pytest.raises(InvalidRequest, match="not in tools"):
+        tool_call_grammar(TOOLS, "gemma", tool_choice={"type": "function", "function": {"name": "nope"}})
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_tool_call_grammar_writes_what_the_parser_reads(family: str) -> None:
+    tools = [t for t in TOOLS if t["function"]["name"] in ("get_weather", "process")]
+    g = tool_call_grammar(tools, family)
+    text = {
+        "hermes": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "process", "arguments": {"action": "list"}}\n</tool_call>',
+        "gemma": '```tool_call\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n```\n'
+        '```tool_call\n{"name": "process", "arguments": {"action": "list"}}\n```',
+        "llama3": '{"name": "get_weather", "parameters": {"city": "Oslo"}}; {"name": "process", "parameters": {"action": "list"}}',
+        "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Oslo"}}, '
+        '{"name": "process", "arguments": {"action": "list"}}]',
+    }[FAMILIES[family]]
+    assert accepts(g, text)
+    parsed = parse_tool_calls(text, family)
+    assert [(c.name, json.loads(c.arguments)) for c in parsed.tool_calls] == [
+        ("get_weather", {"city": "Oslo"}),
+        ("process", {"action": "list"}),
+    ]
+    assert parsed.content is None
+    one = tool_call_grammar(tools, family, tool_choice={"type": "function", "function": {"name": "process"}})
+    assert not accepts(one, text)  # a named function is exactly one call to it
+
+
+# -- llama.cpp -------------------------------------------------------------------
+
+
+def all_grammars() -> list[tuple[str, str]]:
+    out = [("json_object", json_object_grammar())]
+    out += [(t["function"]["name"], schema_to_gbnf(t["function"]["parameters"])) for t in TOOLS]
+    out += [(f"tools-{fam}", tool_call_grammar(TOOLS, fam)) for fam in sorted(set(FAMILIES.values()))]
+    out.append(
+        (
+            "recursive",
+            schema_to_gbnf(
+                {
+                    "$ref": "#/$defs/n",
+                    "$defs": {
+                        "n": {
+                            "type": "object",
+                            "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/n"}}},
+                        }
+                    },
+                }
+            ),
+        )
+    )
+    return out
+
+
+def test_llama_cpp_parses_every_generated_grammar() -> None:
+    from .llama_helper import grammar_parses
+
+    for name, gbnf in all_grammars():
+        assert grammar_parses(gbnf), name
+    assert not grammar_parses("root ::= undefined-rule")  # the check can fail
+
+
+def _gemma_prompt(user: str) -> str:
+    return f"<start_of_turn>user\n{user}<end_of_turn>\n<start_of_turn>model\n"
+
+
+# Every OpenClaw feature in one schema, with every string and map bounded so
+# that greedy decoding must end within the token budget.
+GENERATION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "action": {"const": "send"},
+        "channel": {"type": "string", "enum": ["whatsapp", "telegram", "slack"]},
+        "to": {"type": "string", "minLength": 1, "maxLength": 20},
+        "text": {"type": "string", "maxLength": 40},
+        "priority": {"type": "integer", "minimum": 1, "maximum": 5},
+        "meta": {
+            "anyOf": [
+                {"type": "object", "properties": {"urgent": {"type": "boolean"}}, "required": ["urgent"]},
+                {"type": "null"},
+            ]
+        },
+        "tags": {
+            "type": "object",
+            "patternProperties": {"^[a-z]{1,8}$": {"type": "string", "maxLength": 10}},
+            "additionalProperties": False,
+            "maxProperties": 2,
+        },
+    },
+    "required": ["action", "channel", "to", "text", "meta"],
+    "additionalProperties": False,
+}
+
+
+def test_constrained_generation_validates_against_an_openclaw_schema() -> None:
+    from .llama_helper import generate
+
+    g = schema_to_gbnf(GENERATION_SCHEMA)
+    text, stopped = generate(_gemma_prompt("Send 'lunch at 12?' to Bob on telegram, as JSON."), g, 200)
+    assert stopped, text
+    jsonschema.validate(json.loads(text), GENERATION_SCHEMA)
+
+
+def test_required_tool_call_on_the_embedded_model_parses_and_validates() -> None:
+    from .llama_helper import generate
+
+    tools = [t for t in TOOLS if t["function"]["name"] in ("get_weather", "browser", "exec")]
+    g = tool_call_grammar(tools, "gemma", parallel=False)
+    text, stopped = generate(_gemma_prompt("What is the weather in Paris?"), g, 120)
+    assert stopped, text
+    parsed = parse_tool_calls(text, "gemma")
+    assert len(parsed.tool_calls) == 1 and parsed.content is None, text
+    call = parsed.tool_calls[0]
+    jsonschema.validate(json.loads(call.arguments), schema_of(call.name))
