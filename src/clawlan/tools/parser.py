@@ -505,6 +505,8 @@ class ToolCallStreamParser:
             self.errors.append("tool call cut off before its arguments ended")
         elif self._buf.strip() or self._state != "after_opener":
             self.errors.append("text ended inside a tool call")
+        if self._state != "object" or not self._bare:
+            self._held_ws = ""  # layout before the dropped call syntax
         self._buf = ""
         self._state = "done"
         return False
