@@ -43,3 +43,71 @@ def real_model():
     model = Model(resolve(None).path)
     yield model
     model.close()
+
+
+class RealEngine:
+    """A real engine on its own thread, with tokens fed per request counted at each decode."""
+
+    def __init__(self, model, **cfg) -> None:
+        from collections import defaultdict
+
+        from clawlan.engine.engine import EngineConfig, build_engine
+
+        cfg.setdefault("threads", 2)
+        cfg.setdefault("max_wait_ms", 0)
+        self.model = model
+        self.engine = build_engine(model, EngineConfig(**cfg))
+        self.fed: dict[str, int] = defaultdict(int)
+        self.engine.on_step = self._count
+        self.engine.start()
+
+    def _count(self, step, seconds) -> None:
+        for c in step.chunks:
+            self.fed[c.seq.request_id] += c.n
+
+    def run(self, *requests):
+        """Run requests concurrently; return each one's list of events."""
+        import asyncio
+
+        async def one(req):
+            return [ev async for ev in self.engine.submit(req)]
+
+        async def all_():
+            return await asyncio.gather(*(one(r) for r in requests))
+
+        return asyncio.run(all_())
+
+    def close(self) -> None:
+        self.engine.stop()
+        self.engine.context.close()
+
+
+@pytest.fixture
+def make_real_engine(real_model):
+    made: list[RealEngine] = []
+
+    def make(**cfg) -> RealEngine:
+        eng = RealEngine(real_model, **cfg)
+        made.append(eng)
+        return eng
+
+    yield make
+    for eng in made:
+        eng.close()
+
+
+@pytest.fixture(scope="session")
+def reference_logits(real_model):
+    """Logits after ``tokens`` from a fresh single-sequence context (the "run alone" oracle)."""
+    from clawlan.engine.llama import Context
+
+    ctx = Context(real_model, n_ctx=2048, n_batch=2048, n_seq=1, threads=2)
+
+    def logits(tokens: list[int]):
+        ctx.clear()
+        status, rows = ctx.decode([(0, 0, tokens, True)])
+        assert status == 0
+        return ctx.logits(rows[0]).copy()
+
+    yield logits
+    ctx.close()
