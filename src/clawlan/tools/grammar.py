@@ -34,6 +34,7 @@ __all__ = [
     "response_format_grammar",
     "schema_to_gbnf",
     "tool_call_grammar",
+    "tool_call_triggers",
 ]
 
 # Template families whose tool-call syntax we can write and read. Aliases map
@@ -976,6 +977,29 @@ def tool_call_grammar(
             else f'"[TOOL_CALLS][" {call} "]"'
         )
     return b.render(root)
+
+
+def tool_call_triggers(family: str) -> list[str]:
+    """Trigger patterns for a *lazy* tool-call grammar (``tool_choice: "auto"``).
+
+    For ``llama_sampler_init_grammar_lazy_patterns``: the sampler leaves the
+    model free until the text generated so far fully matches one pattern,
+    then constrains from the pattern's first group on with
+    :func:`tool_call_grammar`'s grammar. A call the model chooses to make is
+    then schema-valid too, while a plain answer stays unconstrained.
+    """
+    syntax = FAMILIES.get(family)
+    if syntax is None:
+        raise InvalidRequest(f"no tool-call syntax for template family {family!r}", param="tools")
+    anywhere = r"[\s\S]*?({})[\s\S]*"
+    if syntax == "hermes":
+        return [anywhere.format(re.escape("<tool_call>"))]
+    if syntax == "gemma":
+        return [anywhere.format(re.escape("```tool_call"))]
+    if syntax == "mistral":
+        return [anywhere.format(re.escape("[TOOL_CALLS]"))]
+    # Llama 3: a JSON call object as the whole message, or after <|python_tag|>.
+    return [r'\s*(\{)\s*"name"[\s\S]*', r"[\s\S]*?<\|python_tag\|>\s*(\{)[\s\S]*"]
 
 
 def tool_names(tools: Iterable[Mapping[str, Any]]) -> list[str]:
