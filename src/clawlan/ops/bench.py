@@ -525,7 +525,11 @@ def parse_concurrency(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from tqdm import tqdm
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request would break the bar
 
     w = Workload(
         input_tokens=args.input_tokens,

@@ -1,0 +1,142 @@
+"""Serve benchmark: clawlan's server and llama.cpp's llama-server, same model, same load, one run.
+
+    python bench/serve.py                      # both, the verified-facts workload
+    python bench/serve.py --only clawlan       # just ours
+    python bench/serve.py --llama-server PATH  # a llama-server binary elsewhere
+
+The peer is llama.cpp's own ``llama-server`` built from the llama.cpp vendored in the pinned
+llama-cpp-python (``/work/shared/peers/build-llama-server.sh``; ~8 minutes on 2 cores), so both
+servers run the same kernels and the difference is the serving layer. Both get the same
+settings: 8 parallel sequences, a 16,384-cell KV cache, 2 threads.
+
+All measuring is :mod:`clawlan.ops.bench` (the ``clawlan bench`` command); this script only
+starts and stops the servers. Results go to bench/results/ as JSON and PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from clawlan.ops.bench import Bench, Workload, parse_concurrency, plot, ratio_table, table, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_GLOB = "/tmp/peers/llama-cpp-python-*/vendor/llama.cpp/build/bin/llama-server"
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, deadline_s: float, log: Path) -> None:
+    """Poll /health until 200, the process dies, or the deadline passes."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"{url}: server exited with {proc.returncode}; see {log}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
+                return
+        time.sleep(0.25)  # polling interval of a bounded wait, not synchronisation by sleeping
+    raise SystemExit(f"{url}: not healthy after {deadline_s:.0f} s; see {log}")
+
+
+@contextlib.contextmanager
+def server(
+    name: str, cmd: list[str], url: str, out: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    log = out / f"{name}.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        try:
+            wait_healthy(url, proc, 300, log)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="GGUF model (default: the embedded Gemma 3 270M)")
+    ap.add_argument("--llama-server", help=f"llama-server binary (default: {PEER_GLOB})")
+    ap.add_argument("--only", choices=["clawlan", "peer"], help="run one server only")
+    ap.add_argument("--concurrency", default="1,8,16")
+    ap.add_argument("--requests-per-client", type=int, default=2)
+    ap.add_argument("--input-tokens", type=int, default=250)
+    ap.add_argument("--output-tokens", type=int, default=64)
+    ap.add_argument("--parallel", type=int, default=8, help="sequences decoded together by each server")
+    ap.add_argument("--kv-tokens", type=int, default=16384, help="KV cache cells of each server")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--switch-history", type=int, default=1500)
+    ap.add_argument("--switch-sessions", type=int, default=3)
+    ap.add_argument("--port", type=int, default=8180, help="clawlan's port; the peer gets the next one")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+
+    from clawlan.model.store import resolve
+
+    model = resolve(args.model).path
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_seq = args.kv_tokens // args.parallel
+    plans: list[tuple[str, list[str], str, dict[str, str]]] = []
+    if args.only != "peer":
+        cmd = [sys.executable, "-m", "clawlan", "serve", "--model", str(model), "--port", str(args.port),
+               "--batch-size", str(args.parallel), "--kv-tokens", str(args.kv_tokens), "--ctx", str(per_seq),
+               "--threads", str(args.threads), "--no-advertise"]  # fmt: skip
+        plans.append(("clawlan", cmd, f"http://127.0.0.1:{args.port}", {}))
+    if args.only != "clawlan":
+        exe = args.llama_server or next(iter(sorted(glob.glob(PEER_GLOB))), None)
+        if not exe:
+            print(
+                "llama-server not found: build it with /work/shared/peers/build-llama-server.sh, or --only clawlan"
+            )
+            return 2
+        port = args.port + 1
+        cmd = [exe, "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-np", str(args.parallel),
+               "-c", str(args.kv_tokens), "-t", str(args.threads)]  # fmt: skip
+        plans.append(
+            ("llama-server", cmd, f"http://127.0.0.1:{port}", {"LD_LIBRARY_PATH": str(Path(exe).parent)})
+        )
+
+    w = Workload(
+        input_tokens=args.input_tokens,
+        output_tokens=args.output_tokens,
+        requests_per_client=args.requests_per_client,
+        concurrency=parse_concurrency(args.concurrency),
+        switch_history_tokens=args.switch_history,
+        switch_other_sessions=args.switch_sessions,
+    )
+    from tqdm import tqdm
+
+    with contextlib.ExitStack() as stack:
+        urls = [
+            (name, stack.enter_context(server(name, cmd, url, out, env))) for name, cmd, url, env in plans
+        ]
+        bar = tqdm(total=0, unit="req", desc="bench", leave=False)
+        bench = Bench(w, on_request=lambda: bar.update(1))
+        bar.total = bench.total_requests(len(urls))
+        results = bench.run(urls)
+        bar.close()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    j = write_json(results, w, out / f"serve-{stamp}.json")
+    png = plot(results, out / f"serve-{stamp}.png")
+    print(table(results))
+    if len(results) == 2:
+        print()
+        print(ratio_table(results[0], results[1]))
+    print(f"\nwrote {j} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
