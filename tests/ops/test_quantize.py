@@ -89,7 +89,9 @@ def test_non_gguf_input(tmp_path: Path) -> None:
 
 
 def test_unsupported_type(tiny_f32: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"--type 'Q9_Z' is not a quantization llama.cpp offers; use one of .*Q4_K_M"):
+    with pytest.raises(
+        ConfigError, match=r"--type 'Q9_Z' is not a quantization llama.cpp offers; use one of .*Q4_K_M"
+    ):
         quantize(tiny_f32, tmp_path / "o.gguf", "Q9_Z")
     with pytest.raises(ConfigError, match="importance matrix"):
         quantize(tiny_f32, tmp_path / "o.gguf", "IQ2_XS")
@@ -109,3 +111,38 @@ def test_cli_quantize(tiny_f32: Path, tmp_path: Path, capsys) -> None:
     assert main(["quantize", str(tiny_f32), str(out), "--type", "Q4_K_M"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--force" in err
+
+
+def test_quantized_model_answers_through_the_server(tiny_f32: Path, tmp_path: Path) -> None:
+    """The quantized file, checksum and all, loads in clawlan's engine and answers over HTTP."""
+    import httpx
+
+    pytest.importorskip("clawlan.server.serving")
+    from clawlan.config.settings import ServerSection, Settings
+    from clawlan.server.backend import Backend
+    from clawlan.server.serving import RunningServer
+
+    out = quantize(tiny_f32, tmp_path / "tiny-q4.gguf", "Q4_K_M", threads=1).output
+    settings = Settings(
+        server=ServerSection(model=str(out), max_context_tokens=256, kv_tokens=1024, threads=1, batch_size=2)
+    )
+    server = RunningServer(settings, Backend(settings), port=0)
+    server.start()
+    try:
+        assert server.backend.ready, server.backend.error
+        r = httpx.post(
+            f"{server.base_url}/v1/completions",
+            json={
+                "model": "tiny-q4",
+                "prompt": "hello world",
+                "max_tokens": 6,
+                "ignore_eos": True,
+                "temperature": 0,
+            },
+            timeout=60,
+            trust_env=False,
+        )
+    finally:
+        server.stop()
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 6
