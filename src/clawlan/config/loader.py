@@ -118,8 +118,12 @@ def load_settings(
     files: Iterable[str | Path] = (),
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> Loaded:
-    """Load settings. ``flags`` maps dotted keys (``server.batch_size``) to values; None means unset."""
+    """Load settings. ``flags`` maps dotted keys (``server.batch_size``) to values; None means unset.
+
+    ``flag_names`` maps a dotted key to the flag that set it (``--port``), for messages.
+    """
     env = os.environ if env is None else env
     merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     origin: dict[str, dict[str, str]] = {name: {} for name in SECTIONS}
@@ -150,7 +154,7 @@ def load_settings(
             continue
         name, key = dotted.split(".", 1)
         merged[name][key] = value
-        origin[name][key] = "flag --" + key.replace("_", "-")
+        origin[name][key] = "flag " + (flag_names or {}).get(dotted, "--" + key.replace("_", "-"))
 
     sections = {name: _validate(name, merged[name], origin[name], strict=False) for name in SECTIONS}
     loaded.settings = Settings(**sections)

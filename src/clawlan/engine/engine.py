@@ -133,7 +133,9 @@ class Engine:
                 continue
             try:
                 self.runner.prepare(seq)
-            except ClawlanError as exc:
+            except Exception as exc:  # a bad grammar or sampler fails this request, not the engine
+                if not isinstance(exc, ClawlanError):
+                    log.exception("preparing %s failed", seq.request_id)
                 emit(Event(seq.request_id, finish_reason="error", error=str(exc), prompt_tokens=seq.n_prompt))
                 continue
             self._live[seq.request_id] = (seq, emit)

@@ -205,6 +205,7 @@ class Sampler:
         if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
             add(
                 L.llama_sampler_init_penalties(
+                    model.n_vocab,
                     params.penalty_last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
                 )
             )

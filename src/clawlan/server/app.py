@@ -97,7 +97,8 @@ class Service:
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
             stop=stop,
-            stop_token_ids=list(self.backend.end_of_turn),
+            stop_token_ids=[] if body.ignore_eos else list(self.backend.end_of_turn),
+            ignore_eos=body.ignore_eos,
         )
 
     async def _events(self, req: EngineRequest) -> AsyncIterator[Event]:

@@ -60,7 +60,8 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     flags = {key: getattr(args, name, None) for name, key in FLAG_KEYS.items()}
-    loaded = load_settings(args.config, flags)
+    names = {key: "--" + name.replace("_", "-") for name, key in FLAG_KEYS.items()}
+    loaded = load_settings(args.config, flags, flag_names=names)
     for w in loaded.warnings:
         log.warning("%s", w)
     return loaded

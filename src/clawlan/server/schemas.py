@@ -34,6 +34,7 @@ class Sampling(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repeat_penalty: float = Field(1.0, gt=0.0)
     n: int = Field(1, ge=1)
+    ignore_eos: bool = False  # as llama-server: generate to max_tokens (benchmarks, tests)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
