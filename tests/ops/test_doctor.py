@@ -148,7 +148,20 @@ def test_loopback_closed_port_exit_code(capsys) -> None:
 def test_bad_config_fails(tmp_path, capsys) -> None:
     cfg = tmp_path / "network_config.json"
     cfg.write_text('{"backend": {"service_port": 99999}}')
-    rc = main(["doctor", "--config", str(cfg), "--backend", "127.0.0.1:1", "--skip", "mdns", "--skip", "model", "--json"])
+    rc = main(
+        [
+            "doctor",
+            "--config",
+            str(cfg),
+            "--backend",
+            "127.0.0.1:1",
+            "--skip",
+            "mdns",
+            "--skip",
+            "model",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     conf = out["checks"][0]
     assert rc == 2 and conf["name"] == "config" and conf["status"] == "FAIL"
@@ -219,7 +232,20 @@ class Pair:
         self.proc: subprocess.Popen | None = None
         _ip("netns", "add", self.client)
         _ip("netns", "add", self.server)
-        _ip("link", "add", self.cif, "netns", self.client, "type", "veth", "peer", "name", self.sif, "netns", self.server)
+        _ip(
+            "link",
+            "add",
+            self.cif,
+            "netns",
+            self.client,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            self.sif,
+            "netns",
+            self.server,
+        )
         for ns, dev, cidr in ((self.client, self.cif, client_cidr), (self.server, self.sif, server_cidr)):
             _ip("-n", ns, "addr", "add", cidr, "dev", dev)
             _ip("-n", ns, "link", "set", dev, "up")
@@ -338,4 +364,27 @@ def test_netns_firewall_drop(netns: None) -> None:
     assert tcp["status"] == "FAIL" and "no answer" in tcp["detail"] and "allow TCP 8080-8090" in tcp["fix"]
     assert f"tcpdump -i {pair.cif} host 10.233.0.1 and port 8080" in tcp["fix"]
     fw = {c["name"]: c for c in json.loads(srv.stdout)["checks"]}["firewall"]
-    assert fw["status"] == "FAIL" and "DROP TCP 8080" in fw["detail"] and "--dport 8080:8090 -j ACCEPT" in fw["fix"]
+    assert (
+        fw["status"] == "FAIL"
+        and "DROP TCP 8080" in fw["detail"]
+        and "--dport 8080:8090 -j ACCEPT" in fw["fix"]
+    )
+
+
+def test_seed_config_files_found_in_cwd(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLAWLAN_CONFIG", raising=False)
+    (tmp_path / "network_config.json").write_text(
+        '{"backend": {"service_port": 8080, "max_connections": 100, "timeout_ms": 30000},'
+        ' "frontend": {"discovery_protocol": "mDNS", "fallback_timeout": 5000}}'
+    )
+    (tmp_path / "clawbot_config.json").write_text(
+        '{"frontend": {"render_mode": "fast", "max_concurrent_sessions": 5}}'
+    )
+    main(["doctor", "--backend", "127.0.0.1:1", "--skip", "mdns", "--skip", "model", "--json"])
+    conf = json.loads(capsys.readouterr().out)["checks"][0]
+    assert (
+        conf["status"] == "FAIL"
+        and "clawbot_config.json" in conf["detail"]
+        and "render_mode" in conf["detail"]
+    )

@@ -36,6 +36,7 @@ from clawlan.errors import ClawlanError, ConfigError
 
 LAN_RTT_MS = 5.0  # the seed: "LAN latency under 5 ms"
 PORT_RANGE = range(8080, 8091)  # the seed: "open TCP/UDP 8080-8090"
+SEED_FILES = ("network_config.json", "clawbot_config.json")
 
 
 class Status(IntEnum):
@@ -76,7 +77,9 @@ def parse_backend(text: str, source: str = "flag --backend") -> Target:
     try:
         port = u.port or 8080
     except ValueError:
-        raise ConfigError(f"{source} {text!r}: the port is not a number 1-65535; write HOST:PORT, e.g. 192.168.1.100:8080") from None
+        raise ConfigError(
+            f"{source} {text!r}: the port is not a number 1-65535; write HOST:PORT, e.g. 192.168.1.100:8080"
+        ) from None
     if not u.hostname:
         raise ConfigError(f"{source} {text!r} has no host; write HOST:PORT, e.g. 192.168.1.100:8080")
     return Target(u.hostname, port, u.scheme or "http", source)
@@ -207,7 +210,11 @@ def nft_verdicts(ruleset: str, ports: Iterable[int]) -> dict[int, str]:
             if not m or line.startswith("type "):
                 continue
             dport = re.search(r"tcp dport (\{[^}]*\}|\S+)", line)
-            rest = re.sub(r"tcp dport (\{[^}]*\}|\S+)|\b(accept|drop|reject)\b|counter( packets \d+ bytes \d+)?|ip protocol tcp|meta l4proto tcp", "", line)
+            rest = re.sub(
+                r"tcp dport (\{[^}]*\}|\S+)|\b(accept|drop|reject)\b|counter( packets \d+ bytes \d+)?|ip protocol tcp|meta l4proto tcp",
+                "",
+                line,
+            )
             rest = re.sub(r"with \S+ \S+( \S+)?", "", rest).strip()
             if rest:
                 continue
@@ -271,11 +278,20 @@ class Doctor:
         try:
             loaded = load_settings(self.config_files)
         except ClawlanError as exc:
-            self.add("config", Status.FAIL, str(exc), "correct the value named above (see clawlan config show)")
+            self.add(
+                "config", Status.FAIL, str(exc), "correct the value named above (see clawlan config show)"
+            )
             return
-        files = ", ".join(self.config_files) or os.environ.get("CLAWLAN_CONFIG") or "no config file (defaults)"
+        files = (
+            ", ".join(self.config_files) or os.environ.get("CLAWLAN_CONFIG") or "no config file (defaults)"
+        )
         if loaded.warnings:
-            self.add("config", Status.WARN, "; ".join(loaded.warnings), "remove or correct the keys named (typos are ignored)")
+            self.add(
+                "config",
+                Status.WARN,
+                "; ".join(loaded.warnings),
+                "remove or correct the keys named (typos are ignored)",
+            )
         else:
             self.add("config", Status.PASS, f"valid: {files}")
 
@@ -338,7 +354,11 @@ class Doctor:
             self.add("tcp", Status.FAIL, why, fix)
             return False
         ms = (time.perf_counter() - t0) * 1000
-        self.add("tcp", Status.PASS, f"connected to {addr}:{port} in {ms:.2f} ms" + (f" via {iface.name}" if iface else ""))
+        self.add(
+            "tcp",
+            Status.PASS,
+            f"connected to {addr}:{port} in {ms:.2f} ms" + (f" via {iface.name}" if iface else ""),
+        )
         return True
 
     def check_health(self, addr: str) -> None:
@@ -393,14 +413,22 @@ class Doctor:
         local = {i.address for i in interfaces()} | {"127.0.0.1", "::1"}
         port = self.target.port
         if addr is None or addr not in local:
-            self.add("listening", Status.SKIP, f"back end {addr or self.target.host} is another machine; TCP check covers it")
+            self.add(
+                "listening",
+                Status.SKIP,
+                f"back end {addr or self.target.host} is another machine; TCP check covers it",
+            )
             return
         try:
             conns = psutil.net_connections(kind="tcp")
         except (psutil.AccessDenied, OSError) as exc:
-            self.add("listening", Status.SKIP, f"cannot list sockets: {exc}", "run as root to see every socket")
+            self.add(
+                "listening", Status.SKIP, f"cannot list sockets: {exc}", "run as root to see every socket"
+            )
             return
-        binds = sorted({c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port})
+        binds = sorted(
+            {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+        )
         if not binds:
             self.add(
                 "listening",
@@ -457,7 +485,10 @@ class Doctor:
             "firewall",
             status,
             "INPUT rules: "
-            + "; ".join(f"{v} TCP {_ranges([p for p in blocked if verdicts[p] == v])}" for v in dict.fromkeys(verdicts[p] for p in blocked)),
+            + "; ".join(
+                f"{v} TCP {_ranges([p for p in blocked if verdicts[p] == v])}"
+                for v in dict.fromkeys(verdicts[p] for p in blocked)
+            ),
             f"allow the seed's range: {fix} (or ufw allow 8080:8090/tcp)",
         )
 
@@ -510,7 +541,9 @@ class Doctor:
         found: list[str] = []
         seen = threading.Event()
 
-        def on_change(zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:
+        def on_change(
+            zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+        ) -> None:
             if state_change is ServiceStateChange.Added:
                 found.append(name)
                 seen.set()
@@ -519,7 +552,12 @@ class Doctor:
         try:
             zc = Zeroconf(interfaces=[src], ip_version=IPVersion.V4Only)
         except OSError as exc:
-            self.add("mdns", Status.WARN, f"cannot open mDNS on {src}: {exc}", "check UDP 5353 is free and multicast allowed")
+            self.add(
+                "mdns",
+                Status.WARN,
+                f"cannot open mDNS on {src}: {exc}",
+                "check UDP 5353 is free and multicast allowed",
+            )
             return
         try:
             browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])
@@ -535,7 +573,7 @@ class Doctor:
                 Status.WARN,
                 f"no {SERVICE_TYPE} service seen on {src} within {self.mdns_timeout:g} s",
                 "on the server: clawlan serve --host 0.0.0.0 advertises on the LAN (discovery.advertise); "
-                "allow UDP 5353 multicast; or set frontend.discovery_protocol = \"static\" with frontend.static_backend",
+                'allow UDP 5353 multicast; or set frontend.discovery_protocol = "static" with frontend.static_backend',
             )
 
     def check_model(self) -> None:
@@ -548,17 +586,29 @@ class Doctor:
             path = store.cache_dir() / store.EMBEDDED_NAME
             want = store.EMBEDDED_SHA256
             if not path.exists():
-                self.add("model", Status.SKIP, f"embedded model not assembled yet ({path})", "clawlan serve assembles it on first start")
+                self.add(
+                    "model",
+                    Status.SKIP,
+                    f"embedded model not assembled yet ({path})",
+                    "clawlan serve assembles it on first start",
+                )
                 self._disk(path.parent, store.EMBEDDED_SIZE)
                 return
         if not path.exists():
-            self.add("model", Status.FAIL, f"model file {path} does not exist", "check server.model / --model")
+            self.add(
+                "model", Status.FAIL, f"model file {path} does not exist", "check server.model / --model"
+            )
             return
         st = path.stat()
         readable_by_others = bool(st.st_mode & 0o004)
         dir_ok = bool(path.parent.stat().st_mode & 0o001)
         if not os.access(path, os.R_OK) or not st.st_mode & 0o444:
-            self.add("model-perms", Status.FAIL, f"{path} is not readable (mode {st.st_mode & 0o777:o})", f"chmod 644 {path}")
+            self.add(
+                "model-perms",
+                Status.FAIL,
+                f"{path} is not readable (mode {st.st_mode & 0o777:o})",
+                f"chmod 644 {path}",
+            )
         elif not readable_by_others or not dir_ok:
             self.add(
                 "model-perms",
@@ -611,20 +661,33 @@ class Doctor:
     def check_gpu(self) -> None:
         exe = shutil.which("nvidia-smi")
         if not exe:
-            self.add("gpu", Status.SKIP, "no NVIDIA GPU driver (nvidia-smi not found): inference runs on the CPU")
+            self.add(
+                "gpu", Status.SKIP, "no NVIDIA GPU driver (nvidia-smi not found): inference runs on the CPU"
+            )
             return
         try:
             r = subprocess.run(
-                [exe, "--query-gpu=name,driver_version,memory.total,memory.free", "--format=csv,noheader,nounits"],
+                [
+                    exe,
+                    "--query-gpu=name,driver_version,memory.total,memory.free",
+                    "--format=csv,noheader,nounits",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=10,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            self.add("gpu", Status.FAIL, f"nvidia-smi failed: {exc}", "reinstall the NVIDIA driver; check dmesg")
+            self.add(
+                "gpu", Status.FAIL, f"nvidia-smi failed: {exc}", "reinstall the NVIDIA driver; check dmesg"
+            )
             return
         if r.returncode != 0:
-            self.add("gpu", Status.FAIL, f"nvidia-smi: {r.stderr.strip() or r.stdout.strip()}", "reinstall or reload the NVIDIA driver")
+            self.add(
+                "gpu",
+                Status.FAIL,
+                f"nvidia-smi: {r.stderr.strip() or r.stdout.strip()}",
+                "reinstall or reload the NVIDIA driver",
+            )
             return
         for line in r.stdout.strip().splitlines():
             name, driver, total, free = (x.strip() for x in line.split(","))
@@ -633,7 +696,9 @@ class Doctor:
                 "gpu",
                 st,
                 f"{name}, driver {driver}, {float(free) / 1024:.1f} of {float(total) / 1024:.1f} GiB free",
-                "" if st is Status.PASS else "stop other GPU processes (nvidia-smi lists them) or lower batch_size",
+                ""
+                if st is Status.PASS
+                else "stop other GPU processes (nvidia-smi lists them) or lower batch_size",
             )
 
     def run(self, skip: Iterable[str] = ()) -> list[Check]:
@@ -692,6 +757,9 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe would bury the report
 
     files = list(args.config or [])
+    if not files and not os.environ.get("CLAWLAN_CONFIG"):
+        # The seed's two files, where an installer following it leaves them.
+        files = [name for name in SEED_FILES if Path(name).is_file()]
     try:
         settings = load_settings(files).settings
     except ClawlanError:
@@ -714,7 +782,16 @@ def run(args: argparse.Namespace) -> int:
     )
     checks = doc.run(skip=args.skip or ())
     if args.json:
-        print(json.dumps({"backend": asdict(target), "checks": [c.to_dict() for c in checks], "exit": max(int(doc.worst), 0)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "backend": asdict(target),
+                    "checks": [c.to_dict() for c in checks],
+                    "exit": max(int(doc.worst), 0),
+                },
+                indent=2,
+            )
+        )
     else:
         print(render(checks, target))
     return max(int(doc.worst), 0)
@@ -722,13 +799,24 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("doctor", help="check config, network path, firewall, mDNS, model file and GPU")
-    sp.add_argument("--backend", metavar="HOST:PORT", help="back end to check (default: frontend.static_backend)")
-    sp.add_argument("--config", action="append", metavar="FILE", help="config file(s) to validate")
+    sp.add_argument(
+        "--backend", metavar="HOST:PORT", help="back end to check (default: frontend.static_backend)"
+    )
+    sp.add_argument(
+        "--config",
+        action="append",
+        metavar="FILE",
+        help="config file(s) to validate (default: $CLAWLAN_CONFIG, or the seed's network_config.json and "
+        "clawbot_config.json in the current folder)",
+    )
     sp.add_argument("--model", help="model file to check (default: server.model or the embedded model)")
     sp.add_argument("--timeout", type=float, default=3.0, help="seconds for connect and HTTP (default 3)")
     sp.add_argument("--mdns-timeout", type=float, default=2.0, help="seconds to browse mDNS (default 2)")
     sp.add_argument(
-        "--skip", action="append", choices=["config", "firewall", "mdns", "model", "gpu"], help="leave a check out"
+        "--skip",
+        action="append",
+        choices=["config", "firewall", "mdns", "model", "gpu"],
+        help="leave a check out",
     )
     sp.add_argument("--json", action="store_true", help="results as JSON")
     sp.set_defaults(func=run)
