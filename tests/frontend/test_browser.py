@@ -34,7 +34,7 @@ def open_chat(page: Any, url: str) -> None:
 
 
 def test_send_stream_stop_new_chat_reload(backend: Any, start_front: Any, page: Any) -> None:
-    fp = start_front(backend.base_url, "--max-tokens", "300", "--request-defaults", LONG)
+    fp = start_front(backend.base_url, "--max-tokens", "120", "--request-defaults", LONG)
     open_chat(page, fp.url)
     page.fill("#prompt", "Tell me a long story about a cat.")
     page.keyboard.press("Enter")
@@ -73,6 +73,7 @@ def test_send_stream_stop_new_chat_reload(backend: Any, start_front: Any, page: 
 
     # Reload: the first conversation, with what was shown when it stopped, is still there.
     page.goto(fp.url + conv1)
+    page.reload()
     page.wait_for_selector("#messages .msg.assistant[data-state='stopped']")
     assert page.locator("#messages .msg.user").first.inner_text().endswith("Tell me a long story about a cat.")
     reloaded = page.locator("#messages .msg.assistant .body").first.inner_text()
@@ -85,7 +86,8 @@ def test_upload_document_and_see_the_snippet(backend: Any, start_front: Any, pag
     fp = start_front(backend.base_url, "--max-tokens", "48", "--request-defaults", SHORT)
     open_chat(page, fp.url)
     page.set_input_files("#file", str(DOCS / "员工休假制度.md"))
-    page.wait_for_selector("#docs .chip:has-text('员工休假制度.md')", timeout=30_000)
+    # The chip with a remove button is the indexed document (the "Reading…" chip has none).
+    page.wait_for_selector("#docs .chip button[aria-label*='员工休假制度.md']", timeout=30_000)
     assert page.locator("#mode").input_value() == "document"
     page.fill("#prompt", "陪产假有几天？")
     page.keyboard.press("Enter")

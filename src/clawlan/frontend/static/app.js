@@ -560,6 +560,11 @@ function init() {
     else if ((e.ctrlKey || e.metaKey) && e.shiftKey && (e.key === "O" || e.key === "o")) { e.preventDefault(); newChat(); }
     else if ((e.ctrlKey || e.metaKey) && (e.key === "k" || e.key === "K")) { e.preventDefault(); $("#search").focus(); }
   });
+  // Back/forward and pasted links move between conversations without a reload.
+  window.addEventListener("hashchange", () => {
+    const h = /c=([0-9a-f]+)/.exec(location.hash);
+    if (h && (!state.conv || state.conv.id !== h[1])) openConversation(h[1]);
+  });
   const m = /c=([0-9a-f]+)/.exec(location.hash);
   if (m) openConversation(m[1]);
   else refreshList();
