@@ -273,7 +273,7 @@ class _Builder:
                 name = self._fresh("ref-" + ref.rsplit("/", 1)[-1])
                 self._refs[ref] = name
                 self.rules[name] = "null"  # placeholder, replaced below
-                self.rules[name] = self.visit(target, f"{where}->{ref}", name)
+                self.rules[name] = self.visit(target, ref, name)
             return self._refs[ref]
 
         for key in schema:
@@ -284,8 +284,8 @@ class _Builder:
             merged: Any = {k: v for k, v in schema.items() if k != "allOf"}
             for i, part in enumerate(schema["allOf"]):
                 if isinstance(part, Mapping) and "$ref" in part:
-                    part = self.resolve_ref(part["$ref"], f"{where}.allOf[{i}]")[1]
-                merged = self.merge(merged, part, f"{where}.allOf[{i}]")
+                    part = self.resolve_ref(part["$ref"], f"{where}/allOf/{i}")[1]
+                merged = self.merge(merged, part, f"{where}/allOf/{i}")
             return self.visit(merged, where, hint)
 
         if "anyOf" in schema and "oneOf" in schema:
@@ -296,7 +296,7 @@ class _Builder:
                 siblings = {k: v for k, v in rest.items() if k not in _ANNOTATIONS}
                 alts = []
                 for i, branch in enumerate(schema[key]):
-                    sub = f"{where}.{key}[{i}]"
+                    sub = f"{where}/{key}/{i}"
                     if siblings:
                         # Shared keywords beside anyOf apply to every branch.
                         if isinstance(branch, Mapping) and "$ref" in branch:
@@ -359,7 +359,7 @@ class _Builder:
             elif key == "properties":
                 props = dict(out[key])
                 for name, sub in value.items():
-                    props[name] = self.merge(props[name], sub, f"{where}.{name}") if name in props else sub
+                    props[name] = self.merge(props[name], sub, f"{where}/properties/{name}") if name in props else sub
                 out[key] = props
             elif key == "required":
                 out[key] = list(dict.fromkeys([*out[key], *value]))
@@ -394,9 +394,9 @@ class _Builder:
         extra_alts = []
         for i, (pattern, sub) in enumerate(patterns.items()):
             key = self.add(
-                f"{hint}-pkey-{i}", '"\\"" ' + self.regex(pattern, f"{where}.patternProperties") + ' "\\""'
+                f"{hint}-pkey-{i}", '"\\"" ' + self.regex(pattern, f"{where}/patternProperties") + ' "\\""'
             )
-            val = self.visit(sub, f"{where}.patternProperties[{pattern!r}]", f"{hint}-pval-{i}")
+            val = self.visit(sub, f"{where}/patternProperties/{pattern}", f"{hint}-pval-{i}")
             extra_alts.append(f'{key} {ws} ":" {ws} {val}')
         if additional is False:
             pass
@@ -405,7 +405,7 @@ class _Builder:
         ):
             val = self.visit(
                 additional if additional is not None else True,
-                f"{where}.additionalProperties",
+                f"{where}/additionalProperties",
                 f"{hint}-aval",
             )
             key = self.key_excluding(list(props), hint)
@@ -423,7 +423,7 @@ class _Builder:
                 raise self.fail("maxProperties below the number of possible properties", where)
             kv = []
             for name in names:
-                value = self.visit(props[name], f"{where}.{name}", f"{hint}-{name}")
+                value = self.visit(props[name], f"{where}/properties/{name}", f"{hint}-{name}")
                 kv.append(self.add(f"{hint}-{name}-kv", f'{_json_literal(name)} {ws} ":" {ws} {value}'))
             req = [n in required for n in names]
             # after[i]: what may follow once property i is written. Properties
@@ -519,7 +519,7 @@ class _Builder:
                 raise self.fail(
                     "prefixItems with an items schema, or minItems/maxItems outside the tuple", where
                 )
-            parts = [self.visit(s, f"{where}.prefixItems[{i}]", f"{hint}-{i}") for i, s in enumerate(prefix)]
+            parts = [self.visit(s, f"{where}/prefixItems/{i}", f"{hint}-{i}") for i, s in enumerate(prefix)]
             # Tuple items are optional from the end: [], [a], [a, b], ...
             body = ""
             for i in range(len(parts) - 1, -1, -1):
@@ -530,7 +530,7 @@ class _Builder:
             if lo > 0:
                 raise self.fail("minItems with no items allowed", where)
             return self.add(hint, f'"[" {ws} "]"')
-        item = self.visit(items, f"{where}.items", f"{hint}-item")
+        item = self.visit(items, f"{where}/items", f"{hint}-item")
         more = _repeat(f"( {sep} {item} )", max(lo - 1, 0), None if hi_n is None else hi_n - 1)
         content = f"( {item} {more} )" + ("" if lo > 0 else "?")
         return self.add(hint, f'"[" {ws} {content} {ws} "]"')
@@ -544,7 +544,7 @@ class _Builder:
         if "pattern" in schema:
             if lo or hi_n is not None:
                 raise self.fail("pattern together with minLength/maxLength", where)
-            return self.add(hint, '"\\"" ' + self.regex(schema["pattern"], f"{where}.pattern") + ' "\\""')
+            return self.add(hint, '"\\"" ' + self.regex(schema["pattern"], f"{where}/pattern") + ' "\\""')
         fmt = schema.get("format")
         if fmt in _FORMATS:
             if lo or hi_n is not None:
