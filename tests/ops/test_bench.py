@@ -75,7 +75,9 @@ def two_servers() -> Iterator[tuple[str, list[str], str, list[str]]]:
 
 def test_metrics_follow_the_definitions(two_servers) -> None:
     url_a, prompts_a, url_b, prompts_b = two_servers
-    w = Workload(input_tokens=40, output_tokens=6, requests_per_client=2, concurrency=[1, 3], switch_other_sessions=2)
+    w = Workload(
+        input_tokens=40, output_tokens=6, requests_per_client=2, concurrency=[1, 3], switch_other_sessions=2
+    )
     ticks = []
     bench = Bench(w, on_request=lambda: ticks.append(1))
     a, b = bench.run([("a", url_a), ("b", url_b)])

@@ -73,9 +73,9 @@ def test_tensor_table_matches_gguf_reader(tiny_f32, embedded_info) -> None:
 
     want = [(t.name, int(t.n_bytes)) for t in GGUFReader(str(tiny_f32)).tensors]
     assert planner.tensor_table(tiny_f32) == want
-    layer, other = planner.layer_split(embedded_info)
+    layer, other, head = planner.layer_split(embedded_info)
     assert layer * 18 + other == sum(embedded_info.tensor_types.values())
-    assert other > 170e6  # Gemma's 262k x 640 token embedding, Q8_0
+    assert other > 170e6 and head == 178_257_920  # tied: the 262k x 640 token embedding, Q8_0
 
 
 def test_sliding_window_caps_the_cache() -> None:
@@ -133,3 +133,17 @@ def test_cli_plan_bad_model(capsys) -> None:
     assert main(["plan", "eighty"]) == 2
     err = capsys.readouterr().err
     assert "MODEL 'eighty' is neither" in err and len(err.strip().splitlines()) == 1
+
+
+def test_verdict_and_limits_agree() -> None:
+    # Whenever the verdict says the workload fits, the limits must allow at least that workload.
+    info = planner.assumed_model("80B")
+    for q, gpu, ram, ctx, sessions in [
+        ("INT8", 96e9, 128e9, 2048, 8),
+        ("Q4_K_M", 80e9, 64e9, 8192, 4),
+        ("Q4_K_M", 48e9, 128e9, 2048, 4),
+        ("Q4_K_M", None, 128e9, 4096, 2),
+    ]:
+        p = planner.plan_memory(info, ctx, sessions, q, ram=ram, gpu=gpu)
+        assert p.fits, (q, gpu)
+        assert p.max_ctx >= ctx and p.max_sessions >= sessions, (q, gpu, p.max_ctx, p.max_sessions)

@@ -41,13 +41,17 @@ def _b(n: float) -> str:
 def render(p: MemoryPlan, info: ModelInfo) -> str:
     kv = p.kv
     windowed = planner.kv_cache(info, p.ctx, p.sessions, p.kv_type, p.ubatch, swa_full=False)
-    lines = [f"model      {p.model}  ({p.n_params / 1e9:.3g}B params, {p.n_layers} layers, {info.architecture})"]
+    lines = [
+        f"model      {p.model}  ({p.n_params / 1e9:.3g}B params, {p.n_layers} layers, {info.architecture})"
+    ]
     if p.assumed:
         lines.append(
             f"           assumed architecture: dense decoder shaped like {p.assumed}, layers scaled to the size; "
             f"{info.n_embd} hidden, {info.n_heads} heads, {info.n_kv_heads} KV heads of {info.head_dim_k}"
         )
-    lines.append(f"workload   {p.sessions} session(s) x {p.ctx:,} tokens, KV {p.kv_type}, micro-batch {p.ubatch}")
+    lines.append(
+        f"workload   {p.sessions} session(s) x {p.ctx:,} tokens, KV {p.kv_type}, micro-batch {p.ubatch}"
+    )
     lines.append("")
     lines.append(f"  {'exact (llama.cpp)':<60}{'bytes':>14}")
     win = ""
@@ -128,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("plan", help="will a model fit: weights, KV cache, buffers, verdict and limits")
-    sp.add_argument("model", nargs="?", help="a GGUF file or a size such as 80B (default: the embedded model)")
+    sp.add_argument(
+        "model", nargs="?", help="a GGUF file or a size such as 80B (default: the embedded model)"
+    )
     sp.add_argument("--quant", help=f"weights quantization ({', '.join(planner.QUANTS)}); default: as stored")
     sp.add_argument("--ctx", type=int, help="tokens per session (default: 4096 or the trained context)")
     sp.add_argument("--sessions", type=int, default=1, help="concurrent sessions (the batch size)")
@@ -136,7 +142,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--no-gpu", action="store_true", help="plan for the CPU even when a GPU is present")
     sp.add_argument("--ram", type=float, metavar="GB", help="RAM (default: this machine's)")
     sp.add_argument("--kv-type", default="f16", help=f"KV cache type ({', '.join(planner.KV_TYPES)})")
-    sp.add_argument("--ubatch", type=int, default=planner.DEFAULT_UBATCH, help="llama.cpp micro-batch (n_ubatch)")
+    sp.add_argument(
+        "--ubatch", type=int, default=planner.DEFAULT_UBATCH, help="llama.cpp micro-batch (n_ubatch)"
+    )
     sp.add_argument(
         "--swa-window",
         action="store_true",

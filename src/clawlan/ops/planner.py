@@ -99,7 +99,9 @@ def kv_elem_bytes(kv_type: str) -> float:
     try:
         return KV_TYPES[kv_type.lower()]
     except KeyError:
-        raise ConfigError(f"--kv-type {kv_type!r} is not supported; use one of {', '.join(KV_TYPES)}") from None
+        raise ConfigError(
+            f"--kv-type {kv_type!r} is not supported; use one of {', '.join(KV_TYPES)}"
+        ) from None
 
 
 # --- a model from its size alone -------------------------------------------------------------
@@ -134,7 +136,9 @@ def assumed_model(text: str) -> ModelInfo:
     """A ModelInfo for a bare parameter count, shaped like the nearest published dense model."""
     n = parse_size(text)
     if n is None or n <= 0:
-        raise ConfigError(f"MODEL {text!r} is neither a GGUF file nor a size; give a path or a size such as 80B")
+        raise ConfigError(
+            f"MODEL {text!r} is neither a GGUF file nor a size; give a path or a size such as 80B"
+        )
     ref = min(REFERENCE_SHAPES, key=lambda r: abs(math.log(n / r[0])))
     p, layers, embd, heads, kv, ffn, vocab, name = ref
     n_layers = max(1, round(layers * n / p))
@@ -231,17 +235,22 @@ def tensor_table(path: Path) -> list[tuple[str, int]]:
     return out
 
 
-def layer_split(info: ModelInfo) -> tuple[float, float]:
-    """(bytes of one repeating layer, bytes outside the layers) as stored in the file."""
+def layer_split(info: ModelInfo) -> tuple[float, float, float]:
+    """(bytes of one repeating layer, bytes outside the layers, bytes of the output head) as stored.
+
+    The output head is ``output.weight``, or the token embedding when the two are tied (Gemma):
+    llama.cpp puts a copy of it on the GPU when every layer is offloaded.
+    """
     total = float(sum(info.tensor_types.values()))
     if not info.path.is_file() or not total:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     try:
-        table = tensor_table(info.path)
+        table = dict(tensor_table(info.path))
     except Exception:  # metadata was already read once; a failure here only loses the split
-        return total / max(info.n_layers, 1), 0.0
-    in_layers = sum(n for name, n in table if name.startswith("blk."))
-    return in_layers / max(info.n_layers, 1), total - in_layers
+        return total / max(info.n_layers, 1), 0.0, 0.0
+    in_layers = sum(n for name, n in table.items() if name.startswith("blk."))
+    head = table.get("output.weight", table.get("token_embd.weight", 0))
+    return in_layers / max(info.n_layers, 1), total - in_layers, float(head)
 
 
 # --- the arithmetic ------------------------------------------------------------------------------
@@ -314,6 +323,7 @@ class MemoryPlan:
     weights: float
     layer_bytes: float
     other_bytes: float
+    head_bytes: float
     kv: KVCache
     compute: float
     output: float
@@ -371,10 +381,12 @@ def plan_memory(
         raise ConfigError(f"--ctx {ctx} must be at least 1")
     q = quant(quant_name) if quant_name else None
     weights, qname = weights_bytes(info, q)
-    layer_b, other_b = layer_split(info)
+    layer_b, other_b, head_b = layer_split(info)
     if not layer_b or (q is not None and info.tensor_types):
-        # No file split (or re-quantizing): the token embedding and output head are outside the layers.
-        other_b = weights * min(0.5, info.vocab_size * info.n_embd / max(info.n_params, 1))
+        # No file split (or re-quantizing): the token embedding and the output head, each
+        # vocab x n_embd, are what lies outside the layers.
+        head_b = weights * min(0.25, info.vocab_size * info.n_embd / max(info.n_params, 1))
+        other_b = 2 * head_b
         layer_b = (weights - other_b) / max(info.n_layers, 1)
     ub = min(ubatch, pad(ctx * sessions))
     p = MemoryPlan(
@@ -389,6 +401,7 @@ def plan_memory(
         weights=weights,
         layer_bytes=layer_b,
         other_bytes=other_b,
+        head_bytes=head_b,
         kv=kv_cache(info, ctx, sessions, kv_type, ub, swa_full),
         swa_full=swa_full,
         compute=compute_bytes(info, ub),
@@ -459,10 +472,12 @@ def _verdict(p: MemoryPlan, info: ModelInfo) -> None:
         room = usable_gpu - p.compute
         per = p.layer_bytes + kv_per_layer
         n = int(max(room, 0) // per) if per else 0
-        if n >= p.n_layers and room - p.n_layers * per >= p.other_bytes:
+        if p.n_layers * per + p.head_bytes <= room:
             p.gpu_layers = p.n_layers
             p.fits = True
-            p.verdict = f"fits on the GPU: offload all {p.n_layers} layers (--gpu-layers -1)"
+            p.verdict = (
+                f"fits on the GPU: offload all {p.n_layers} layers and the output head (--gpu-layers -1)"
+            )
         else:
             n = min(n, p.n_layers)
             p.gpu_layers = n
@@ -470,8 +485,9 @@ def _verdict(p: MemoryPlan, info: ModelInfo) -> None:
             ok = usable_ram is None or host <= usable_ram
             p.fits = n > 0 and ok
             groups = _groups(p.n_layers, n)
+            rest = "the output head" if n == p.n_layers else "the rest"
             p.verdict = (
-                f"split: {n} of {p.n_layers} layers on the GPU (--gpu-layers {n}), the rest in RAM "
+                f"split: {n} of {p.n_layers} layers on the GPU (--gpu-layers {n}), {rest} in RAM "
                 f"({_gb(host)} needed there){groups}"
             )
             if not ok:
@@ -489,8 +505,9 @@ def _verdict(p: MemoryPlan, info: ModelInfo) -> None:
             "use a smaller --quant, fewer --sessions or a shorter --ctx"
         )
     # What is left for the KV cache once weights and buffers are placed (on the device holding them).
-    if usable_gpu and p.gpu_layers == p.n_layers:
-        left = usable_gpu - p.weights - p.compute
+    if usable_gpu and p.gpu_layers == p.n_layers and p.verdict.startswith("fits on the GPU"):
+        # The token embedding stays in RAM (llama.cpp looks rows up on the CPU); the rest is on the GPU.
+        left = usable_gpu - p.compute - p.n_layers * p.layer_bytes - p.head_bytes
     elif usable_gpu and p.gpu_layers and usable_ram:
         # Split: layers (and their KV) can move between the two, so pool what both have left.
         left = usable_gpu + usable_ram - fixed
@@ -501,7 +518,9 @@ def _verdict(p: MemoryPlan, info: ModelInfo) -> None:
     if left:
         p.max_ctx = max_context(info, left, p.sessions, p.kv_type, p.ubatch, p.swa_full) if left > 0 else 0
         # max_sessions counts the logits rows itself, so give back the ones already in ``fixed``.
-        p.max_sessions = max_sessions(info, left + p.output, p.ctx, p.kv_type, p.ubatch, p.swa_full) if left > 0 else 0
+        p.max_sessions = (
+            max_sessions(info, left + p.output, p.ctx, p.kv_type, p.ubatch, p.swa_full) if left > 0 else 0
+        )
 
 
 def _groups(layers: int, on_gpu: int) -> str:
@@ -524,8 +543,9 @@ def rule_of_thumb_note(p: MemoryPlan) -> str:
     return (
         f"the rule assumes FP16 weights whatever the quantization ({p.quant} here) and a flat 20% margin, "
         f"and its 'tokens x 4 x 2' is 8 bytes a token where this model's KV needs {p.kv.per_token:,.0f} "
-        f"(layers x KV heads x head dims x K,V x bytes), {ratio:,.0f} times more, less where sliding-window "
-        "layers cap the cache"
+        f"(layers x KV heads x head dims x K,V x bytes), {ratio:,.0f} times more"
+        + (", less where sliding-window layers cap the cache" if p.kv.swa_layers else "")
+        + "; and 'x 2 double buffering' is not how llama.cpp allocates: K and V are the 2"
     )
 
 

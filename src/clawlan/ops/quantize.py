@@ -113,7 +113,9 @@ def quantize(
     types = quant_types()
     key = qtype.strip().upper()
     if key not in types:
-        raise ConfigError(f"--type {qtype!r} is not a quantization llama.cpp offers; use one of {', '.join(types)}")
+        raise ConfigError(
+            f"--type {qtype!r} is not a quantization llama.cpp offers; use one of {', '.join(types)}"
+        )
     if key in NEEDS_IMATRIX:
         raise ConfigError(
             f"--type {key} needs an importance matrix, which clawlan does not compute; use Q2_K or a larger type"
@@ -188,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        r = quantize(args.input, args.output, args.type, force=args.force, threads=args.threads, on_progress=progress)
+        r = quantize(
+            args.input, args.output, args.type, force=args.force, threads=args.threads, on_progress=progress
+        )
     finally:
         bar.close()
     print(f"input   {r.input}  {r.in_bytes / 1e6:,.1f} MB")
