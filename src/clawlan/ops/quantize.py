@@ -182,19 +182,26 @@ def quantize(
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    bar = tqdm(total=0, unit="tensor", desc=f"quantize {args.type}", disable=args.quiet, leave=False)
+    bars: list[tqdm] = []
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        # Made on the first tensor, so a refused run (bad type, existing OUT) prints no empty bar.
+        if not bars:
+            bars.append(
+                tqdm(
+                    total=total, unit="tensor", desc=f"quantize {args.type}", disable=args.quiet, leave=False
+                )
+            )
+        bars[0].n = done
+        bars[0].refresh()
 
     try:
         r = quantize(
             args.input, args.output, args.type, force=args.force, threads=args.threads, on_progress=progress
         )
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     print(f"input   {r.input}  {r.in_bytes / 1e6:,.1f} MB")
     print(f"output  {r.output}  {r.out_bytes / 1e6:,.1f} MB  ({r.type}, {r.ratio:.1%} of the input)")
     print(f"        {r.tensors} tensors in {r.seconds:.1f} s")
