@@ -35,14 +35,9 @@ def make_harness():
 
 
 @pytest.fixture(scope="session")
-def real_model():
-    """The embedded Gemma 3 270M, loaded once for the whole session."""
-    from clawlan.engine.llama import Model
-    from clawlan.model.store import resolve
-
-    model = Model(resolve(None).path)
-    yield model
-    model.close()
+def real_model(llama_model):
+    """The embedded Gemma 3 270M: tests/conftest.py's session model, so it loads once per run."""
+    return llama_model
 
 
 class RealEngine:
