@@ -57,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mdns-service-type", default=None, help=argparse.SUPPRESS)
     p.add_argument("--admin-token", default=os.environ.get("CLAWLAN_FRONT_ADMIN_TOKEN"),
                    help="token for editing prompts from other machines (default: only from this box)")
+    p.add_argument("--segmenter", choices=["jieba", "jieba-full", "bigram"], default="jieba",
+                   help="how Chinese text is split for retrieval (see docs/frontend.md); default jieba")
     p.add_argument("--max-tokens", type=int, default=512, help="longest answer requested from the back end")
     p.add_argument("--request-defaults", metavar="JSON", default=None,
                    help='extra fields for every chat request to the back end, e.g. \'{"temperature": 0.3}\'')
@@ -89,6 +91,7 @@ def front_config(args: argparse.Namespace):  # noqa: ANN201 - FrontConfig, impor
         mdns_service_type=args.mdns_service_type,
         admin_token=args.admin_token,
         max_tokens=args.max_tokens,
+        segmenter=args.segmenter,
         request_defaults=_json_object(args.request_defaults),
     )
 
