@@ -36,7 +36,8 @@ class Scripted(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.prompts.append(req["prompt"])
+        chat = "messages" in req
+        self.prompts.append(json.dumps(req["messages"]) if chat else req["prompt"])
         n = req["max_tokens"]
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -45,10 +46,11 @@ class Scripted(BaseHTTPRequestHandler):
         for i in range(n):
             if i:
                 time.sleep(self.token_delay)
-            chunk = {"choices": [{"index": 0, "text": f" t{i}", "finish_reason": None}]}
+            piece = {"delta": {"content": f" t{i}"}} if chat else {"text": f" t{i}"}
+            chunk = {"choices": [{"index": 0, **piece, "finish_reason": None}]}
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             self.wfile.flush()
-        usage = {"prompt_tokens": len(req["prompt"].split()), "completion_tokens": n}
+        usage = {"prompt_tokens": len(self.prompts[-1].split()), "completion_tokens": n}
         self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode())
 
     def log_message(self, *args: object) -> None:
@@ -110,6 +112,19 @@ def test_prompts_are_fresh_from_the_first_token(two_servers) -> None:
     pm = PromptMaker()
     many = [pm.prompt(20).split()[0] for _ in range(300)]
     assert len(set(many)) == 300
+
+
+def test_chat_endpoint_and_multi_turn_switch(two_servers) -> None:
+    url_a, prompts_a, _, _ = two_servers
+    w = Workload(input_tokens=20, output_tokens=3, requests_per_client=1, concurrency=[1], endpoint="chat")
+    (res,) = Bench(w).run([("a", url_a)])
+    assert res.rounds[0].completed == 1 and res.rounds[0].output_tokens == 3
+    # The follow-up turn is a real conversation: the long history, the answer, a new question.
+    follow = json.loads(prompts_a[-1])
+    assert [m["role"] for m in follow] == ["user", "assistant", "user"]
+    assert follow[0]["content"] == json.loads(prompts_a[1])[0]["content"]  # the cold turn's history
+    assert follow[1]["content"] == " t0 t1 t2"
+    assert res.switch is not None and res.switch.followup_ttft_ms > 0
 
 
 def test_error_is_reported_not_raised(tmp_path: Path, capsys) -> None:

@@ -203,7 +203,10 @@ class PromptMaker:
 # --- one streamed request -----------------------------------------------------------------------
 
 
-def _body(w: Workload, model: str, prompt: str, max_tokens: int) -> tuple[str, dict[str, Any]]:
+Prompt = str | list[dict[str, str]]  # text, or chat messages (a multi-turn conversation)
+
+
+def _body(w: Workload, model: str, prompt: Prompt, max_tokens: int) -> tuple[str, dict[str, Any]]:
     common: dict[str, Any] = {
         "model": model,
         "max_tokens": max_tokens,
@@ -215,8 +218,10 @@ def _body(w: Workload, model: str, prompt: str, max_tokens: int) -> tuple[str, d
         "ignore_eos": True,
     }
     if w.endpoint == "chat":
-        return "/v1/chat/completions", {**common, "messages": [{"role": "user", "content": prompt}]}
-    return "/v1/completions", {**common, "prompt": prompt}
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        return "/v1/chat/completions", {**common, "messages": messages}
+    text = prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)
+    return "/v1/completions", {**common, "prompt": text}
 
 
 def _delta_text(chunk: dict[str, Any]) -> str:
@@ -355,7 +360,13 @@ class Bench:
             raise ClawlanError(f"context-switch probe failed on {base_url}: {cold.error}")
         for _ in range(w.switch_other_sessions):
             await self.one(client, base_url, model, pm.prompt(w.input_tokens), w.switch_output_tokens)
-        follow = history + cold.text + "\nNow continue the story with these words: " + pm.words(20) + "."
+        # The follow-up is the whole conversation so far plus a new question: as a chat, three
+        # messages; as a completion, the same text run together.
+        follow: Prompt = [
+            {"role": "user", "content": history},
+            {"role": "assistant", "content": cold.text},
+            {"role": "user", "content": "\nNow continue the story with these words: " + pm.words(20) + "."},
+        ]
         again = await self.one(client, base_url, model, follow, w.switch_output_tokens)
         if not again.ok:
             raise ClawlanError(f"context-switch probe failed on {base_url}: {again.error}")
