@@ -34,7 +34,7 @@ import math
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from clawlan.errors import ConfigError
@@ -300,8 +300,8 @@ def compute_bytes(info: ModelInfo, ubatch: int = DEFAULT_UBATCH) -> float:
 
     With flash attention (llama.cpp's default on CPU) there is no KQ matrix, so
     the peak is the f32 logits ``ubatch x vocab`` plus the hidden states they
-    are computed from (measured: 514.5 MiB for Gemma 3 270M at ubatch 512,
-    this formula gives 517 MiB).
+    are computed from (llama.cpp logs 514.50 MiB for Gemma 3 270M at ubatch
+    512; this formula gives 514.49 MiB).
     """
     return 4.0 * ubatch * (info.vocab_size + 2 * info.n_embd)
 
@@ -341,7 +341,6 @@ class MemoryPlan:
     verdict: str = ""
     max_ctx: int = 0
     max_sessions: int = 0
-    notes: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> float:
