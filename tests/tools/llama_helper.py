@@ -7,8 +7,10 @@ not depend on it and stay small (one sequence, greedy, no KV reuse).
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import functools
+from collections.abc import Callable
 from typing import Any
 
 llama_cpp = __import__("pytest").importorskip("llama_cpp")
@@ -73,7 +75,18 @@ def _full_model() -> tuple[Any, Any]:
 
 
 def generate(prompt: str, gbnf: str | None, max_tokens: int = 200) -> tuple[str, bool]:
-    """Greedy decode ``prompt`` under ``gbnf``; (text, whether it stopped on its own).
+    """Greedy decode ``prompt`` under ``gbnf``; (text, whether it stopped on its own)."""
+    text, stopped, _ = generate_tokens(prompt, gbnf, max_tokens)
+    return text, stopped
+
+
+def generate_tokens(
+    prompt: str, gbnf: str | None, max_tokens: int = 200, stop: Callable[[str], bool] | None = None
+) -> tuple[str, bool, list[str]]:
+    """Like :func:`generate`, plus the text of each token as it came (for stream tests).
+
+    ``stop(piece)`` is called with each token's text; True ends generation
+    there (stopped is then True), as the server does when the parser asks.
 
     Checking all 262k tokens against the grammar at every step is slow on two
     cores, so this first checks only the unconstrained best token and falls
@@ -99,6 +112,8 @@ def generate(prompt: str, gbnf: str | None, max_tokens: int = 200) -> tuple[str,
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
     batch = llama_cpp.llama_batch_get_one(buf, n)
     out = bytearray()
+    pieces: list[str] = []
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     piece = (ctypes.c_char * 256)()
     stopped = False
     try:
@@ -123,7 +138,11 @@ def generate(prompt: str, gbnf: str | None, max_tokens: int = 200) -> tuple[str,
                 break
             k = llama_cpp.llama_token_to_piece(vocab, tok, piece, len(piece), 0, True)
             out += piece.raw[:k]
+            pieces.append(decoder.decode(piece.raw[:k]))
+            if stop is not None and stop(pieces[-1]):
+                stopped = True
+                break
             batch = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(tok), 1)
     finally:
         llama_cpp.llama_sampler_free(chain)
-    return out.decode("utf-8", errors="replace"), stopped
+    return out.decode("utf-8", errors="replace"), stopped, pieces

@@ -17,6 +17,8 @@ from clawlan.tools.grammar import (
     tool_call_grammar,
 )
 from clawlan.tools.parser import parse_tool_calls
+from clawlan.tools.plan import plan_request
+from clawlan.tools.prompt import content_text
 
 from .gbnf_regex import accepts, gbnf_to_regex
 from .openclaw_tools import TOOLS, schema_of
@@ -339,6 +341,7 @@ GENERATION_SCHEMA = {
 }
 
 
+@pytest.mark.slow  # decoding on the embedded model: seconds alone, a minute on busy cores
 def test_constrained_generation_validates_against_an_openclaw_schema() -> None:
     from .llama_helper import generate
 
@@ -348,14 +351,56 @@ def test_constrained_generation_validates_against_an_openclaw_schema() -> None:
     jsonschema.validate(json.loads(text), GENERATION_SCHEMA)
 
 
-def test_required_tool_call_on_the_embedded_model_parses_and_validates() -> None:
-    from .llama_helper import generate
+def render_gemma(messages: list[dict]) -> str:
+    """llama.cpp's built-in Gemma format: the system text opens the first user turn."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    out = []
+    for m in messages:
+        if m["role"] == "system":
+            continue
+        role = "model" if m["role"] == "assistant" else "user"
+        text = content_text(m["content"])
+        if system and role == "user":
+            text, system = f"{system}\n\n{text}", ""
+        out.append(f"<start_of_turn>{role}\n{text}<end_of_turn>\n")
+    return "".join(out) + "<start_of_turn>model\n"
 
-    tools = [t for t in TOOLS if t["function"]["name"] in ("get_weather", "browser", "exec")]
-    g = tool_call_grammar(tools, "gemma", parallel=False)
-    text, stopped = generate(_gemma_prompt("What is the weather in Paris?"), g, 120)
+
+@pytest.mark.slow  # decoding on the embedded model: seconds alone, a minute on busy cores
+def test_required_tool_call_on_the_embedded_model_parses_and_validates() -> None:
+    """OpenClaw's shape end to end: two user turns (one an array), tools, required.
+
+    Four of the twelve tools keep the prefill short on two shared cores; the
+    twelve-tool request is the server's end-to-end test.
+    """
+    from .llama_helper import generate_tokens
+
+    body = {
+        "messages": [
+            {"role": "system", "content": "You are a personal assistant running inside OpenClaw."},
+            {"role": "user", "content": "Hi!"},
+            {"role": "user", "content": [{"type": "text", "text": "What is the weather in Paris?"}]},
+        ],
+        "tools": [t for t in TOOLS if t["function"]["name"] in ("get_weather", "browser", "exec", "process")],
+        "tool_choice": "required",
+    }
+    plan = plan_request(body, "gemma")
+    prompt = render_gemma(plan.prompt_messages(body["messages"]))
+    parser = plan.new_parser()
+    assert parser is not None
+    deltas: list[dict] = []
+
+    def feed(piece: str) -> bool:
+        deltas.extend(parser.feed(piece))
+        return parser.stop_requested  # the model repeats its call: stop, as the server does
+
+    text, stopped, _ = generate_tokens(prompt, plan.grammar, 160, stop=feed)
+    deltas += parser.finish()
     assert stopped, text
-    parsed = parse_tool_calls(text, "gemma")
-    assert len(parsed.tool_calls) == 1 and parsed.content is None, text
-    call = parsed.tool_calls[0]
-    jsonschema.validate(json.loads(call.arguments), schema_of(call.name))
+    assert parser.tool_calls and parser.content is None, text
+    assert all("content" not in d for d in deltas)
+    for call in parser.tool_calls:
+        jsonschema.validate(json.loads(call.arguments), schema_of(call.name))
+    streamed = "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas)
+    assert streamed == "".join(c.arguments for c in parser.tool_calls)
+    assert plan.finish_reason(parser, "stop") == "tool_calls"

@@ -67,6 +67,13 @@ CASES: list[tuple[str, str, str | None, list[tuple[str, Any]]]] = [
     ("gemma", "```python\nprint('```')\n```\n", "```python\nprint('```')\n```\n", []),
     ("gemma", "```tool_call\nnot json\n```", "```tool_call\nnot json\n```", []),
     (
+        "hermes",
+        '<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call><tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>'
+        '<tool_call>{"name": "f", "arguments": {"a": 2}}</tool_call>',
+        None,
+        [("f", {"a": 1}), ("f", {"a": 2})],
+    ),
+    (
         "gemma",
         '日本語の答え。 ```tool_call\n{"name": "f", "arguments": {"s": "é"}}\n```',
         "日本語の答え。",
@@ -166,6 +173,28 @@ def test_arguments_stream_before_the_call_ends_and_syntax_is_held_back() -> None
     assert parser.feed("call>") == []
     assert parser.finish() == []
     assert parser.content == "Checking now"
+
+
+def test_a_repeated_call_is_dropped_and_asks_to_stop() -> None:
+    one = '```tool_call\n{"name": "f", "arguments": {"a": 1, "b": 2}}\n```\n'
+    same = '```tool_call\n{"name": "f", "arguments": {"b": 2, "a": 1}}\n```\n'
+    other = '```tool_call\n{"name": "g", "arguments": {}}\n```\n'
+    parser = ToolCallStreamParser("gemma", id_factory=counter())
+    deltas = parser.feed(one)
+    assert not parser.stop_requested and len(deltas) == 2
+    deltas = parser.feed(other)
+    # A later call is sent whole once it ends: header, then its arguments.
+    assert deltas == [
+        {
+            "tool_calls": [
+                {"index": 1, "id": "call_1", "type": "function", "function": {"name": "g", "arguments": ""}}
+            ]
+        },
+        {"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]},
+    ]
+    assert parser.feed(same) == [] and parser.stop_requested
+    assert parser.feed(one[:30]) == [] and parser.finish() == []  # a cut-off repeat is dropped too
+    assert [c.name for c in parser.tool_calls] == ["f", "g"]
 
 
 def test_truncated_call_keeps_what_streamed_and_reports_it() -> None:

@@ -150,6 +150,10 @@ class ToolCallStreamParser:
         self.errors: list[str] = []
         self._out: list[dict[str, Any]] = []
         self._finished = False
+        # Set when the model repeated a call it already made: it is looping,
+        # and the caller should stop generating (finish_reason "tool_calls").
+        self.stop_requested = False
+        self._pending: ToolCall | None = None
         # Per-call state.
         self._scan: _Scanner | None = None
         self._args_from = 0  # start of the arguments text not yet emitted
@@ -205,9 +209,18 @@ class ToolCallStreamParser:
 
     def _start_call(self, name: str) -> None:
         self._held_ws = ""  # whitespace before a call is layout, not content
-        index = len(self.tool_calls)
         call = ToolCall(self._id(), name, "")
+        if self.tool_calls:
+            # Later calls are held until they end: a small model under a
+            # grammar tends to repeat its call, and a repeat must be dropped
+            # before any of it has been sent.
+            self._pending = call
+            return
         self.tool_calls.append(call)
+        self._send_header(call)
+
+    def _send_header(self, call: ToolCall) -> None:
+        index = len(self.tool_calls) - 1
         self._out.append(
             {
                 "tool_calls": [
@@ -215,14 +228,34 @@ class ToolCallStreamParser:
                         "index": index,
                         "id": call.id,
                         "type": "function",
-                        "function": {"name": name, "arguments": ""},
+                        "function": {"name": call.name, "arguments": ""},
                     }
                 ]
             }
         )
 
+    def _end_call(self, *, truncated: bool = False) -> None:
+        """A call's text is complete (or cut off): release a held call unless it repeats one."""
+        call, self._pending = self._pending, None
+        if call is None:
+            return
+        for c in self.tool_calls:
+            same = _canonical(c.arguments) == _canonical(call.arguments)
+            if c.name == call.name and (same or (truncated and c.arguments.startswith(call.arguments))):
+                self.errors.append(f"repeated call to {call.name!r} dropped")
+                self.stop_requested = True
+                return
+        self.tool_calls.append(call)
+        self._send_header(call)
+        if call.arguments:
+            index = len(self.tool_calls) - 1
+            self._out.append({"tool_calls": [{"index": index, "function": {"arguments": call.arguments}}]})
+
     def _emit_args(self, text: str) -> None:
         if not text:
+            return
+        if self._pending is not None:
+            self._pending.arguments += text
             return
         call = self.tool_calls[-1]
         call.arguments += text
@@ -344,6 +377,7 @@ class ToolCallStreamParser:
                 return self._object_failed("a JSON object that is not a call")
             self._start_call(name)
             self._emit_args(args)
+            self._end_call()
             self._buf = self._buf[end:]
             self._state = "after_object"
             return True
@@ -364,6 +398,7 @@ class ToolCallStreamParser:
         if self._scan.bad:
             self.errors.append("tool call arguments are not valid JSON")
             self._emit_args(self._buf[self._args_from : self._scan.pos - 1])
+            self._end_call()
             self._buf = self._buf[self._scan.pos :]
             self._state = "text"
             return True
@@ -382,6 +417,7 @@ class ToolCallStreamParser:
                 self.errors.append("tool call arguments are an invalid JSON string")
         self._emit_args(raw.strip() if self._string_args else raw)
         if self._after_args == "text":  # Mistral's name[ARGS]{…} has no object around it
+            self._end_call()
             self._buf = self._buf[end:]
             self._state = "text"
             return True
@@ -395,11 +431,13 @@ class ToolCallStreamParser:
         self._scan.advance(self._buf)
         if self._scan.bad:
             self.errors.append("tool call object is not valid JSON after its arguments")
+            self._end_call()
             self._buf = self._buf[self._scan.pos :]
             self._state = "text"
             return True
         if self._scan.end is None:
             return self._wait_or(self._drop_unfinished)
+        self._end_call()
         self._buf = self._buf[self._scan.end :]
         self._state = "after_object"
         return True
@@ -507,6 +545,7 @@ class ToolCallStreamParser:
             self.errors.append("text ended inside a tool call")
         if self._state != "object" or not self._bare:
             self._held_ws = ""  # layout before the dropped call syntax
+        self._end_call(truncated=True)
         self._buf = ""
         self._state = "done"
         return False
@@ -538,6 +577,13 @@ def _partial_suffix(text: str, openers: list[str]) -> int:
                 best = n
                 break
     return best
+
+
+def _canonical(arguments: str) -> str:
+    try:
+        return json.dumps(json.loads(arguments), sort_keys=True)
+    except ValueError:
+        return arguments
 
 
 def _unescape(s: str) -> str:
