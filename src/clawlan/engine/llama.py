@@ -186,27 +186,46 @@ class Context:
             self.ptr = None
 
 
+TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # struct llama_token_data
+GRAMMAR_TOP_N = 512
+
+
 class Sampler:
-    """A llama.cpp sampler chain for one sequence (penalties, grammar, top-k/p, temperature)."""
+    """A llama.cpp sampler chain for one sequence (penalties, top-k/p, temperature), plus a grammar.
+
+    The grammar is kept out of the chain: checking all of Gemma's 262k tokens
+    against a grammar takes most of a second per token. It is applied to the
+    model's top candidates first, and to the whole vocabulary only when none
+    of them is allowed; the result is the same as constraining everything.
+    """
 
     def __init__(self, model: Model, params: object) -> None:
         from clawlan.engine.request import SamplingParams
 
         assert isinstance(params, SamplingParams)
+        self.grammar = None
         self.ptr = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         add = lambda s: L.llama_sampler_chain_add(self.ptr, s)  # noqa: E731
         if params.grammar is not None:
-            g = L.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
-            if not g:
-                L.llama_sampler_free(self.ptr)
-                self.ptr = None
-                raise EngineError("llama.cpp rejected the grammar (GBNF parse error)")
-            add(g)
+            if params.grammar_triggers:
+                trig = params.grammar_triggers
+                pats = (ctypes.c_char_p * len(trig))(*[t.encode() for t in trig])
+                self.grammar = L.llama_sampler_init_grammar_lazy_patterns(
+                    model.vocab, params.grammar.encode(), b"root", pats, len(trig), None, 0
+                )
+            else:
+                self.grammar = L.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
+            if not self.grammar:
+                self.close()
+                raise EngineError("llama.cpp rejected the grammar (GBNF or trigger parse error)")
         if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
             add(
                 L.llama_sampler_init_penalties(
                     model.n_vocab,
-                    params.penalty_last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+                    params.penalty_last_n,
+                    params.repeat_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
                 )
             )
         if params.greedy:
@@ -223,9 +242,44 @@ class Sampler:
             add(L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
     def sample(self, ctx: Context, index: int) -> int:
-        return int(L.llama_sampler_sample(self.ptr, ctx.ptr, index))
+        if self.grammar is None:
+            return int(L.llama_sampler_sample(self.ptr, ctx.ptr, index))
+        logits = ctx.logits(index)
+        top = np.argpartition(logits, -GRAMMAR_TOP_N)[-GRAMMAR_TOP_N:]
+        cand = self._constrain(top, logits)
+        if cand is None:  # none of the top candidates fits the grammar: check them all
+            cand = self._constrain(np.arange(logits.shape[0]), logits)
+        if cand is None:
+            raise EngineError("the grammar allows no token here")
+        buf, arr = cand
+        L.llama_sampler_apply(self.ptr, ctypes.byref(arr))
+        token = int(buf["id"][arr.selected])
+        L.llama_sampler_accept(self.grammar, token)
+        L.llama_sampler_accept(self.ptr, token)
+        return token
+
+    def _constrain(self, ids: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, object] | None:
+        """Apply the grammar to candidates ``ids``; the allowed ones as a token-data array, or None."""
+        buf = np.zeros(ids.shape[0], dtype=TOKEN_DATA)
+        buf["id"] = ids
+        buf["logit"] = logits[ids]
+        arr = L.llama_token_data_array(
+            buf.ctypes.data_as(ctypes.POINTER(L.llama_token_data)), buf.shape[0], -1, False
+        )
+        L.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        keep = np.isfinite(buf["logit"][: arr.size])
+        if not keep.any():
+            return None
+        buf = np.ascontiguousarray(buf[: arr.size][keep])
+        arr = L.llama_token_data_array(
+            buf.ctypes.data_as(ctypes.POINTER(L.llama_token_data)), buf.shape[0], -1, False
+        )
+        return buf, arr
 
     def close(self) -> None:
+        if self.grammar:
+            L.llama_sampler_free(self.grammar)
+            self.grammar = None
         if self.ptr:
             L.llama_sampler_free(self.ptr)
             self.ptr = None

@@ -26,6 +26,8 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     grammar: str | None = None  # GBNF whose root rule is ``root``
+    # With triggers the grammar is lazy: free text until the output matches one of these regexes.
+    grammar_triggers: list[str] = field(default_factory=list)
 
     @property
     def greedy(self) -> bool:

@@ -35,6 +35,8 @@ from clawlan.server.backend import Backend
 from clawlan.server.metrics import Metrics
 from clawlan.server.middleware import ApiKeyMiddleware, ByteCounterMiddleware
 from clawlan.server.schemas import ChatRequest, CompletionRequest, Sampling, parse
+from clawlan.tools.grammar import FAMILIES
+from clawlan.tools.plan import ToolPlan, plan_request
 
 log = logging.getLogger(__name__)
 FINGERPRINT = f"clawlan-{__version__}"
@@ -205,28 +207,42 @@ class Service:
         try:
             raw = await request.body()
             body = parse(ChatRequest if chat else CompletionRequest, raw)
+            plan = None
             if chat:
-                prompt = self.backend.template.render(body.messages)
+                plan = self._tool_plan(body)
+                messages = plan.prompt_messages(body.messages) if plan and plan.tools else body.messages
+                prompt = self.backend.template.render(messages)
                 tokens = self.backend.tokenize_prompt(prompt)
             else:
                 tokens = self._completion_tokens(body)
             params = self._params(body, body.output_limit, len(tokens))
+            if plan is not None and plan.grammar:
+                params.grammar = plan.grammar
+                params.grammar_triggers = list(plan.grammar_triggers)
             req = EngineRequest(tokens, params)
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 handed_over = True
                 return StreamingResponse(
-                    self._stream(req, body, chat, include_usage, admit, endpoint),
+                    self._stream(req, body, chat, include_usage, admit, endpoint, plan),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
-            return await self._complete(request, req, body, chat, endpoint)
+            return await self._complete(request, req, body, chat, endpoint, plan)
         except RequestError as exc:
             self.metrics.requests.labels(endpoint, str(exc.status_code)).inc()
             return error_response(exc)
         finally:
             if not handed_over:
                 admit.__exit__(None, None, None)
+
+    def _tool_plan(self, body: ChatRequest) -> ToolPlan | None:
+        """Tools, tool_choice and response_format as a grammar, prompt text and output parser."""
+        if not body.tools and not body.response_format and body.tool_choice is None:
+            return None
+        family = self.backend.template.family
+        fields = {"tools", "tool_choice", "parallel_tool_calls", "response_format"}
+        return plan_request(body.model_dump(include=fields, exclude_none=True), family if family in FAMILIES else "chatml")
 
     def _completion_tokens(self, body: CompletionRequest) -> list[int]:
         p = body.prompt
@@ -238,7 +254,9 @@ class Service:
             p = p[0]
         return self.backend.tokenize_prompt(str(p))
 
-    async def _complete(self, request: Request, req: EngineRequest, body: Any, chat: bool, endpoint: str) -> Response:
+    async def _complete(
+        self, request: Request, req: EngineRequest, body: Any, chat: bool, endpoint: str, plan: ToolPlan | None
+    ) -> Response:
         async def collect() -> tuple[str, Event]:
             parts = []
             last = None
@@ -278,12 +296,16 @@ class Service:
         created = int(time.time())
         finish = "length" if last.finish_reason == "length" else "stop"
         if chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            parser = plan.new_parser() if plan else None
+            if parser is not None:
+                parser.feed(text)
+                parser.finish()
+                message["content"] = parser.content
+                if parser.tool_calls:
+                    message["tool_calls"] = [c.to_openai() for c in parser.tool_calls]
+                finish = ToolPlan.finish_reason(parser, finish)
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
             obj = "chat.completion"
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
@@ -301,7 +323,14 @@ class Service:
         )
 
     async def _stream(
-        self, req: EngineRequest, body: Any, chat: bool, include_usage: bool, admit: Any, endpoint: str
+        self,
+        req: EngineRequest,
+        body: Any,
+        chat: bool,
+        include_usage: bool,
+        admit: Any,
+        endpoint: str,
+        plan: ToolPlan | None = None,
     ) -> AsyncIterator[str]:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
@@ -325,23 +354,35 @@ class Service:
                 out["usage"] = usage
             return "data: " + json.dumps(out, ensure_ascii=False) + "\n\n"
 
+        parser = plan.new_parser() if plan else None
+
+        def deltas(text: str, final: bool = False) -> list[Any]:
+            """Content (or completion text) deltas, with tool calls split out when tools are on."""
+            if not chat:
+                return [text] if text else []
+            if parser is None:
+                return [{"content": text}] if text else []
+            out = parser.feed(text) if text else []
+            return out + parser.finish() if final else out
+
         status = "200"
         try:
             if chat:
                 yield chunk({"role": "assistant", "content": ""}, None)
             async for ev in self._events(req):
                 if ev.finish_reason is None:
-                    if ev.text:
-                        yield chunk({"content": ev.text} if chat else ev.text, None)
+                    for d in deltas(ev.text):
+                        yield chunk(d, None)
                     continue
                 if ev.finish_reason == "error":
                     status = "500"
                     err = {"error": {"message": ev.error or "generation failed", "type": "server_error", "param": None, "code": "engine_error"}}
                     yield "data: " + json.dumps(err) + "\n\n"
                     return
-                if ev.text:
-                    yield chunk({"content": ev.text} if chat else ev.text, None)
+                for d in deltas(ev.text, final=True):
+                    yield chunk(d, None)
                 finish = "length" if ev.finish_reason == "length" else "stop"
+                finish = ToolPlan.finish_reason(parser, finish)
                 yield chunk({} if chat else "", finish)
                 if include_usage:
                     yield chunk(None, None, usage=self._usage(ev), choices=False)
