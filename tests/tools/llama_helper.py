@@ -81,12 +81,17 @@ def generate(prompt: str, gbnf: str | None, max_tokens: int = 200) -> tuple[str,
 
 
 def generate_tokens(
-    prompt: str, gbnf: str | None, max_tokens: int = 200, stop: Callable[[str], bool] | None = None
+    prompt: str,
+    gbnf: str | None,
+    max_tokens: int = 200,
+    stop: Callable[[str], bool] | None = None,
+    triggers: list[str] | None = None,
 ) -> tuple[str, bool, list[str]]:
     """Like :func:`generate`, plus the text of each token as it came (for stream tests).
 
     ``stop(piece)`` is called with each token's text; True ends generation
     there (stopped is then True), as the server does when the parser asks.
+    ``triggers`` makes the grammar lazy (tool_choice "auto").
 
     Checking all 262k tokens against the grammar at every step is slow on two
     cores, so this first checks only the unconstrained best token and falls
@@ -106,7 +111,13 @@ def generate_tokens(
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     grammar = None
     if gbnf is not None:
-        grammar = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+        if triggers:
+            pats = (ctypes.c_char_p * len(triggers))(*[t.encode() for t in triggers])
+            grammar = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                vocab, gbnf.encode(), b"root", pats, len(triggers), None, 0
+            )
+        else:
+            grammar = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
         assert grammar, "llama.cpp rejected the grammar"
         llama_cpp.llama_sampler_chain_add(chain, grammar)  # the chain owns it now
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())

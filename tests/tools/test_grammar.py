@@ -404,3 +404,33 @@ def test_required_tool_call_on_the_embedded_model_parses_and_validates() -> None
     streamed = "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas)
     assert streamed == "".join(c.arguments for c in parser.tool_calls)
     assert plan.finish_reason(parser, "stop") == "tool_calls"
+
+
+@pytest.mark.slow  # decoding on the embedded model
+def test_auto_lazy_grammar_on_the_embedded_model_parses_without_leaking() -> None:
+    """auto: free text until the model opens a call, then a schema-valid call; no syntax in content."""
+    from .llama_helper import generate_tokens
+
+    tools = [t for t in TOOLS if t["function"]["name"] in ("get_weather", "process")]
+    body = {
+        "messages": [{"role": "user", "content": "Use the get_weather tool to get the weather in Rome."}],
+        "tools": tools,
+    }
+    plan = plan_request(body, "gemma")
+    assert plan.grammar_triggers
+    parser = plan.new_parser()
+    assert parser is not None
+    deltas: list[dict] = []
+
+    def feed(piece: str) -> bool:
+        deltas.extend(parser.feed(piece))
+        return parser.stop_requested
+
+    prompt = render_gemma(plan.prompt_messages(body["messages"]))
+    text, _, _ = generate_tokens(prompt, plan.grammar, 90, stop=feed, triggers=plan.grammar_triggers)
+    deltas += parser.finish()
+    assert parser.tool_calls, text  # the base model does open a call here (greedy, so repeatable)
+    for call in parser.tool_calls:
+        jsonschema.validate(json.loads(call.arguments), schema_of(call.name))
+    content = "".join(d.get("content", "") for d in deltas)
+    assert "```tool_call" not in content and '"arguments"' not in content
