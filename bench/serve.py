@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import glob
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -81,6 +82,8 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=8180, help="clawlan's port; the peer gets the next one")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
+    # A SIGTERM (a CI timeout, kill PID) must still stop the servers this script started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from clawlan.model.store import resolve
 
