@@ -256,7 +256,6 @@ class Doctor:
     config_files: list[str] = field(default_factory=list)
     model: str | None = None
     model_sha256: str | None = None
-    service_port: int = 8080
     mdns_timeout: float = 2.0
     timeout: float = 3.0
     checks: list[Check] = field(default_factory=list)
