@@ -221,6 +221,7 @@ def test_openclaw_schemas_only_admit_valid_arguments() -> None:
         ({"type": "object", "properties": {"a": False}}, "false"),
         ({"type": "number", "minimum": 0.2, "maximum": 0.8}, "minimum/maximum"),
         ({"type": "object", "propertyNames": {"maxLength": 3}}, "propertyNames"),
+        ({"type": "object", "required": ["x"], "additionalProperties": False}, "required property 'x'"),
     ],
 )
 def test_unsupported_features_are_a_400_naming_tool_and_feature(schema: dict, feature: str) -> None:

@@ -359,7 +359,9 @@ class _Builder:
             elif key == "properties":
                 props = dict(out[key])
                 for name, sub in value.items():
-                    props[name] = self.merge(props[name], sub, f"{where}/properties/{name}") if name in props else sub
+                    props[name] = (
+                        self.merge(props[name], sub, f"{where}/properties/{name}") if name in props else sub
+                    )
                 out[key] = props
             elif key == "required":
                 out[key] = list(dict.fromkeys([*out[key], *value]))
@@ -382,6 +384,10 @@ class _Builder:
         patterns: Mapping[str, Any] = schema.get("patternProperties") or {}
         for name in required:
             if name not in props:
+                if additional is False and not patterns:
+                    raise self.fail(
+                        f"required property {name!r} that additionalProperties: false forbids", where
+                    )
                 # A required key with no declared schema takes additionalProperties'.
                 props[name] = additional if isinstance(additional, Mapping) else {}
         ws = self.primitive("ws")
