@@ -186,7 +186,7 @@ def test_max_connections_503(serve):
 
 
 def test_timeout_while_queued_and_long_stream_continues(serve):
-    server = serve(batch_size=1, timeout_ms=400, max_wait_ms=0)
+    server = serve(batch_size=1, timeout_ms=1000, max_wait_ms=0)
     url = server.base_url + "/v1/completions"
     long = {"prompt": "Once upon a time", "max_tokens": 300, "stream": True, "ignore_eos": True, "temperature": 0}
     with httpx.Client(timeout=30) as h, h.stream("POST", url, json=long) as stream:
@@ -197,7 +197,7 @@ def test_timeout_while_queued_and_long_stream_continues(serve):
         waited = time.monotonic() - t0
         assert queued.status_code == 504, queued.text
         assert queued.json()["error"]["code"] == "timeout"
-        assert 0.35 < waited < 3.0
+        assert 0.95 < waited < 5.0
         # The long answer was never cut: it streams to its 300 tokens (longer than the timeout).
         chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
@@ -205,7 +205,7 @@ def test_timeout_while_queued_and_long_stream_continues(serve):
 
 
 def test_streamed_timeout_is_an_error_event(serve):
-    server = serve(batch_size=1, timeout_ms=300, max_wait_ms=0)
+    server = serve(batch_size=1, timeout_ms=1000, max_wait_ms=0)
     url = server.base_url + "/v1/completions"
     long = {"prompt": "Once upon a time", "max_tokens": 300, "stream": True, "ignore_eos": True}
     with httpx.Client(timeout=30) as h, h.stream("POST", url, json=long) as first:
