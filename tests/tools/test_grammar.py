@@ -20,7 +20,7 @@ from clawlan.tools.parser import parse_tool_calls
 from clawlan.tools.plan import plan_request
 from clawlan.tools.prompt import content_text
 
-from .gbnf_regex import accepts, gbnf_to_regex
+from .gbnf_regex import accepts, gbnf_to_regex, sample
 from .openclaw_tools import TOOLS, schema_of
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -203,6 +203,62 @@ def test_openclaw_schemas_only_admit_valid_arguments() -> None:
             if accepts(g, text):
                 assert valid(schema, text), (name, text)
         assert any(accepts(g, t) for t in texts), name
+
+
+SOUNDNESS_SCHEMAS = {
+    "integers": {"type": "integer", "minimum": -17, "maximum": 123},
+    "numbers": {"type": "number", "minimum": -2.5, "exclusiveMaximum": 3},
+    "formats": {
+        "type": "object",
+        "properties": {
+            "d": {"type": "string", "format": "date-time"},
+            "u": {"type": "string", "format": "uuid"},
+        },
+        "required": ["d", "u"],
+    },
+    "map": {
+        "type": "object",
+        "properties": {"ab": {"type": "integer"}},
+        "additionalProperties": {"type": "string"},
+    },
+    "recursive": {
+        "$ref": "#/$defs/n",
+        "$defs": {
+            "n": {
+                "type": "object",
+                "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/n"}, "maxItems": 2}},
+            }
+        },
+    },
+    "pattern": {"type": "string", "pattern": r"^(foo|ba[rz])-\d{2,3}[^a-z]?$"},
+    "tuple": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "minItems": 1},
+}
+
+
+@pytest.mark.parametrize(
+    "name", [t["function"]["name"] for t in TOOLS] + sorted(SOUNDNESS_SCHEMAS) + ["generation"]
+)
+def test_random_strings_of_the_grammar_validate(name: str) -> None:
+    """Walk the grammar at random: every string it can produce must be valid."""
+    schema = SOUNDNESS_SCHEMAS.get(name) or (GENERATION_SCHEMA if name == "generation" else schema_of(name))
+    g = schema_to_gbnf(schema)
+    rng = random.Random(name)
+    for _ in range(150):
+        text = sample(g, rng)
+        jsonschema.validate(json.loads(text), schema)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_random_tool_calls_parse_and_validate(family: str) -> None:
+    g = tool_call_grammar(TOOLS, family)
+    rng = random.Random(family)
+    for _ in range(40):
+        text = sample(g, rng)
+        parsed = parse_tool_calls(text, family)
+        assert parsed.content is None and parsed.tool_calls, text
+        assert all(e.startswith("repeated call") for e in parsed.errors), (text, parsed.errors)
+        for call in parsed.tool_calls:
+            jsonschema.validate(json.loads(call.arguments), schema_of(call.name))
 
 
 # -- refusals -------------------------------------------------------------------
