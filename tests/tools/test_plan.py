@@ -17,6 +17,14 @@ from .openclaw_tools import TOOLS
 BAD_TOOL = {"type": "function", "function": {"name": "odd", "parameters": {"type": "object", "not": {}}}}
 
 
+def test_unknown_family_only_matters_when_tools_may_be_called() -> None:
+    plan = plan_request({"response_format": {"type": "json_object"}}, "phi3")
+    assert plan.grammar and not plan.parse_tool_calls
+    assert not plan_request({"tools": TOOLS, "tool_choice": "none"}, "phi3").parse_tool_calls
+    with pytest.raises(InvalidRequest, match="phi3"):
+        plan_request({"tools": TOOLS}, "phi3")
+
+
 def test_no_tools_or_none_means_no_parsing() -> None:
     plan = plan_request({"messages": []}, "gemma")
     assert (plan.tool_choice, plan.grammar, plan.parse_tool_calls, plan.tools) == ("none", None, False, [])

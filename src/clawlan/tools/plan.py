@@ -137,8 +137,6 @@ def _normalize_choice(choice: Any, tools: list[dict[str, Any]]) -> Any:
 
 def plan_request(body: Mapping[str, Any], family: str) -> ToolPlan:
     """The decoding plan for a chat-completions ``body`` rendered with template ``family``."""
-    if family not in FAMILIES:
-        raise InvalidRequest(f"no tool-call syntax for template family {family!r}", param="tools")
     tools = _validate_tools(body.get("tools"))
     choice = _normalize_choice(body.get("tool_choice"), tools)
     parallel = body.get("parallel_tool_calls", True)
@@ -148,6 +146,14 @@ def plan_request(body: Mapping[str, Any], family: str) -> ToolPlan:
 
     if choice == "none" or not tools:
         return ToolPlan(family, [], "none" if not tools else choice, parallel, grammar=fmt_grammar)
+    if family not in FAMILIES:
+        # Only a request that may call tools needs a call syntax; plain chat
+        # works with any template.
+        raise InvalidRequest(
+            f"tools are not supported with chat template family {family!r} "
+            f"(supported: {', '.join(sorted(FAMILIES))})",
+            param="tools",
+        )
     plan = ToolPlan(family, tools, choice, parallel, parse_tool_calls=True)
     if choice == "auto":
         if fmt_grammar is not None:
