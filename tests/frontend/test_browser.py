@@ -193,3 +193,15 @@ def test_narrow_screen_and_labels(stub_backend: StubBackend, start_front: Any, b
         assert unnamed == []
     finally:
         ctx.close()
+
+
+@pytest.mark.parametrize("mode,animation", [("hardware_accelerated", "appear"), ("software", "none")])
+def test_render_mode_switches_animations(stub_backend: StubBackend, start_front: Any, page: Any,
+                                         mode: str, animation: str) -> None:
+    fp = start_front(stub_backend.base_url, "--render-mode", mode)
+    open_chat(page, fp.url)
+    assert page.evaluate("document.documentElement.className") == f"render-{mode}"
+    page.fill("#prompt", "hi")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#messages .msg.assistant[data-state='done']")
+    assert page.evaluate("getComputedStyle(document.querySelector('#messages .msg')).animationName") == animation

@@ -152,3 +152,25 @@ def test_kiosk_flags_follow_render_mode() -> None:
 def test_question_set_is_bilingual() -> None:
     qs = json.loads((DATA / "retrieval_questions.json").read_text("utf-8"))["questions"]
     assert {q["lang"] for q in qs} == {"zh", "en"} and len(qs) >= 20
+
+
+def test_seed_config_files_drive_the_front_end(tmp_path: Path) -> None:
+    """The seed's two files, exactly as it writes them, merge into the front end's settings."""
+    import argparse
+
+    from clawlan.cli import build_parser
+    from clawlan.frontend.command import front_config
+
+    (tmp_path / "clawbot_config.json").write_text(json.dumps(
+        {"frontend": {"render_mode": "hardware_accelerated", "max_concurrent_sessions": 5}}))
+    (tmp_path / "network_config.json").write_text(json.dumps({
+        "backend": {"service_port": 8080, "max_connections": 100, "timeout_ms": 30000},
+        "frontend": {"discovery_protocol": "mDNS", "fallback_timeout": 5000}}))
+    args = build_parser().parse_args([
+        "front", "--config", str(tmp_path / "clawbot_config.json"), "--config", str(tmp_path / "network_config.json"),
+        "--max-sessions", "3",
+    ])
+    assert isinstance(args, argparse.Namespace)
+    cfg = front_config(args)
+    assert (cfg.discovery_protocol, cfg.fallback_timeout, cfg.render_mode) == ("mDNS", 5000, "hardware_accelerated")
+    assert cfg.max_concurrent_sessions == 3  # the flag wins over the file
