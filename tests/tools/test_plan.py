@@ -55,6 +55,8 @@ def test_required_and_named() -> None:
         {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "read"}}}, "gemma"
     )
     assert named.tool_choice == {"type": "function", "function": {"name": "read"}}
+    flat = plan_request({"tools": TOOLS, "tool_choice": {"type": "function", "name": "read"}}, "gemma")
+    assert flat.tool_choice == named.tool_choice and flat.grammar == named.grammar
     assert not accepts(named.grammar or "", one)
     with pytest.raises(UnsupportedSchemaFeature, match="tool 'odd'.*'not'"):
         plan_request({"tools": [BAD_TOOL], "tool_choice": "required"}, "gemma")

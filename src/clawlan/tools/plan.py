@@ -119,11 +119,9 @@ def _normalize_choice(choice: Any, tools: list[dict[str, Any]]) -> Any:
             raise InvalidRequest("tool_choice 'required' needs at least one tool", param="tool_choice")
         return choice
     if isinstance(choice, Mapping) and choice.get("type") == "function":
-        name = (
-            (choice.get("function") or {}).get("name")
-            if isinstance(choice.get("function"), Mapping)
-            else None
-        )
+        fn = choice.get("function")
+        # {"type": "function", "name": …} is the Responses API's spelling; accept it too.
+        name = fn.get("name") if isinstance(fn, Mapping) else choice.get("name")
         if not isinstance(name, str):
             raise InvalidRequest("tool_choice.function.name is required", param="tool_choice")
         if name not in {t["function"]["name"] for t in tools}:
