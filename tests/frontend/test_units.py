@@ -174,3 +174,16 @@ def test_seed_config_files_drive_the_front_end(tmp_path: Path) -> None:
     cfg = front_config(args)
     assert (cfg.discovery_protocol, cfg.fallback_timeout, cfg.render_mode) == ("mDNS", 5000, "hardware_accelerated")
     assert cfg.max_concurrent_sessions == 3  # the flag wins over the file
+
+
+def test_front_end_imports_nothing_heavy() -> None:
+    """The NUC process must never load the inference engine, numpy or torch (nor parsers before an upload)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, clawlan.cli; clawlan.cli.build_parser(); import clawlan.frontend.app;"
+        "print(','.join(m for m in ('llama_cpp', 'numpy', 'torch', 'pypdf', 'docx', 'jieba') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
