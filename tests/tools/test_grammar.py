@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
@@ -133,6 +134,27 @@ def test_pattern_properties_and_patterns() -> None:
         assert accepts(g, json.dumps(s)) is ok, s
     # Unanchored: a match anywhere will do.
     assert accepts(schema_to_gbnf({"type": "string", "pattern": "ab"}), '"xxabyy"')
+
+
+PATTERNS = {
+    r"^(.*)$": [("anything", True), ("", True)],  # TypeBox's Type.Record key
+    r"^[ -~]+$": [("abc", True), ("é", False), ("", False)],  # a range spanning quote and backslash
+    r"^[\s\S]{1,3}$": [("ab", True), ("abcd", False)],
+    r"^\S+$": [("ab", True), ("a b", False)],
+    r"^a\tb$": [("a\tb", True), ("ab", False)],
+    r"^[\w.-]+@[\w-]+\.[a-z]{2,}$": [("a.b@c-d.org", True), ("a@b", False)],
+    r"^[日本]+$": [("日本", True), ("x", False)],
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+def test_regex_subset(pattern: str) -> None:
+    g = schema_to_gbnf({"type": "string", "pattern": pattern})
+    for text, ok in PATTERNS[pattern]:
+        assert accepts(g, json.dumps(text, ensure_ascii=False)) is ok, text
+    rng = random.Random(pattern)
+    for _ in range(100):  # everything the grammar writes matches the regex
+        assert re.search(pattern, json.loads(sample(g, rng)))
 
 
 def test_strings_enums_consts_and_arrays() -> None:
@@ -271,6 +293,9 @@ def test_random_tool_calls_parse_and_validate(family: str) -> None:
         ({"if": {"type": "string"}, "then": {"maxLength": 3}}, "if"),
         ({"type": "string", "pattern": "^(?=a)b$"}, "lookaround"),
         ({"type": "string", "pattern": r"^\p{L}+$"}, "escape"),
+        ({"type": "string", "pattern": r"^[^\S]$"}, "inside a class"),
+        ({"type": "string", "pattern": r"^(a)\1$"}, "escape"),
+        ({"type": "string", "pattern": '^["]$'}, "JSON must escape"),
         ({"type": "array", "uniqueItems": True}, "uniqueItems"),
         ({"type": "integer", "multipleOf": 5}, "multipleOf"),
         ({"$ref": "https://example.com/s.json"}, "$ref"),

@@ -492,7 +492,7 @@ class _Builder:
             alts = []
             if prefix not in encoded:
                 alts.append('"\\""')  # may end here
-            excluded = "".join(_class_escape(c) for c in nexts)
+            excluded = _class_items([(ord(c), ord(c)) for c in nexts])
             alts.append(
                 f'( [^{excluded}\\x22\\x5C\\x7F\\x00-\\x1F] | "\\\\" ( ["\\\\/bfnrt] | "u" [0-9a-fA-F]{{4}} ) ) {char}* "\\""'
             )
@@ -758,61 +758,76 @@ class _Regex:
         if c == "^":
             raise _RegexUnsupported("^ after the start")
         if c == "\\":
-            return self.escape(in_class=False)
+            return self.escape()
         if c in "*+?{":
             raise _RegexUnsupported(f"quantifier {c!r} with nothing to repeat")
         return _json_char(c)
 
-    def escape(self, in_class: bool) -> str:
+    def escape(self) -> str:
+        """An escape outside a class (the backslash is consumed)."""
         if self.i >= len(self.p):
             raise _RegexUnsupported("trailing backslash")
         c = self.p[self.i]
         self.i += 1
-        classes = {"d": "0-9", "w": "a-zA-Z0-9_", "s": " "}
-        if c in classes:
-            return classes[c] if in_class else f"[{classes[c]}]"
-        if c in "DWS":
-            if in_class:
-                raise _RegexUnsupported(f"\\{c} inside a class")
-            return f'[^{classes[c.lower()]}"\\\\\\x7F\\x00-\\x1F]'
+        if c in _SHORTHANDS:
+            return _class_expr(_SHORTHANDS[c], negate=False)
+        if c.lower() in _SHORTHANDS:
+            return _class_expr(_SHORTHANDS[c.lower()], negate=True)
+        if c in _CONTROL_ESCAPES:
+            return _json_char(_CONTROL_ESCAPES[c])
         if c.isalnum():
             raise _RegexUnsupported(f"escape \\{c}")
-        return _class_char(c) if in_class else _json_char(c)
+        return _json_char(c)
 
     def char_class(self) -> str:
         negate = self.p.startswith("^", self.i)
         if negate:
             self.i += 1
-        out = []
+        ranges: list[tuple[int, int]] = []
+        shorthands: set[str] = set()
+        negated_shorthands: set[str] = set()
         first = True
         while self.i < len(self.p) and (self.p[self.i] != "]" or first):
             first = False
             c = self.p[self.i]
             self.i += 1
             if c == "\\":
-                out.append(self.escape(in_class=True))
-            else:
-                out.append(_class_char(c))
-            if self.p.startswith("-", self.i) and not self.p.startswith("-]", self.i) and c != "\\":
+                if self.i >= len(self.p):
+                    raise _RegexUnsupported("unterminated class")
+                e = self.p[self.i]
                 self.i += 1
-                end = self.p[self.i]
-                self.i += 1
-                if end == "\\":
-                    raise _RegexUnsupported("escaped range end")
-                if ord(end) < ord(c):
+                if e in _SHORTHANDS:
+                    shorthands.add(e)
+                    ranges += _SHORTHANDS[e]
+                    continue
+                if e.lower() in _SHORTHANDS:
+                    negated_shorthands.add(e.lower())
+                    continue
+                if e in _CONTROL_ESCAPES:
+                    c = _CONTROL_ESCAPES[e]
+                elif e.isalnum():
+                    raise _RegexUnsupported(f"escape \\{e} in a class")
+                else:
+                    c = e
+            lo = hi = ord(c)
+            if self.p.startswith("-", self.i) and not self.p.startswith("-]", self.i):
+                end = self.p[self.i + 1 : self.i + 2]
+                self.i += 2
+                if not end or end == "\\":
+                    raise _RegexUnsupported("a range with an escaped or missing end")
+                hi = ord(end)
+                if hi < lo:
                     raise _RegexUnsupported("reversed range")
-                out.append("-" + _class_char(end))
+            ranges.append((lo, hi))
         if self.i >= len(self.p):
             raise _RegexUnsupported("unterminated class")
         self.i += 1
-        body = "".join(out)
-        if negate:
-            return f'[^{body}"\\\\\\x7F\\x00-\\x1F]'
-        # Remove what JSON must escape by intersecting with plain characters
-        # is not expressible directly; quote, backslash and controls written
-        # in the class are dropped by _class_char, and ranges spanning them
-        # are refused there.
-        return f"[{body}]"
+        if negated_shorthands:
+            # Only the "any character" idioms [\s\S], [\d\D], [\w\W] are supported.
+            if negate or not negated_shorthands <= shorthands:
+                raise _RegexUnsupported("\\D, \\S or \\W inside a class")
+            return _PLAIN
+        return _class_expr(ranges, negate=negate)
 
     def quantifier(self, atom: str) -> str:
         if self.i >= len(self.p):
@@ -843,26 +858,52 @@ class _Regex:
 
 def _json_char(c: str) -> str:
     """A regex literal character as it appears inside a JSON string."""
-    if c == '"':
-        return '"\\\\\\""'
-    if c == "\\":
-        return '"\\\\\\\\"'
-    if ord(c) < 0x20:
-        return gbnf_literal(json.dumps(c)[1:-1])
-    return gbnf_literal(c)
+    return gbnf_literal(json.dumps(c, ensure_ascii=False)[1:-1])
 
 
-def _class_char(c: str) -> str:
-    if c in '"\\' or ord(c) < 0x20 or ord(c) == 0x7F:
-        raise _RegexUnsupported("a quote, backslash or control character in a class")
-    return _class_escape(c)
+_SHORTHANDS = {
+    "d": [(0x30, 0x39)],
+    "w": [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)],
+    "s": [(0x09, 0x0D), (0x20, 0x20)],
+}
+_CONTROL_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "f": "\f", "v": "\v"}
+# Characters JSON writes escaped; regex classes leave them out (a valid subset).
+_ESCAPED = [(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C), (0x7F, 0x7F)]
 
 
-def _class_escape(c: str) -> str:
-    """A character inside a GBNF class; punctuation as a hex escape, which is never special."""
-    if c.isalnum() or c in "_ " or ord(c) > 0xFF:
+def _class_point(cp: int) -> str:
+    c = chr(cp)
+    if c.isascii() and c.isalnum():
         return c
-    return f"\\x{ord(c):02X}"
+    if cp <= 0xFF:
+        return f"\\x{cp:02X}"
+    return f"\\u{cp:04X}" if cp <= 0xFFFF else f"\\U{cp:08X}"
+
+
+def _class_items(ranges: list[tuple[int, int]]) -> str:
+    return "".join(
+        _class_point(lo) if lo == hi else f"{_class_point(lo)}-{_class_point(hi)}" for lo, hi in ranges
+    )
+
+
+def _class_expr(ranges: list[tuple[int, int]], *, negate: bool) -> str:
+    """A GBNF class over plain JSON string characters: ``ranges`` (or all but them)."""
+    if negate:
+        return f"[^{_class_items(ranges + _ESCAPED)}]"
+    kept = []
+    for lo, hi in ranges:
+        pieces = [(lo, hi)]
+        for flo, fhi in _ESCAPED:
+            pieces = [
+                part
+                for plo, phi in pieces
+                for part in ((plo, min(phi, flo - 1)), (max(plo, fhi + 1), phi))
+                if part[0] <= part[1]
+            ]
+        kept += pieces
+    if not kept:
+        raise _RegexUnsupported("a class of only characters JSON must escape")
+    return f"[{_class_items(kept)}]"
 
 
 def schema_to_gbnf(schema: Any, *, owner: str = "response_format", param: str | None = None) -> str:
