@@ -162,6 +162,7 @@ class ToolCallStreamParser:
         self._after_args = "object_tail"
         self._in_array = False
         self._bare = False
+        self._opener = ""  # the opener that began the current call syntax
 
     # -- public -----------------------------------------------------------
     @property
