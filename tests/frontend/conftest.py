@@ -160,7 +160,9 @@ def start_front(tmp_path: Path) -> Iterator[Any]:
         fp.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running in the main
+# thread while it is open, which breaks asyncio.run() and zeroconf's sync API in later modules.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (make browser)")
