@@ -116,8 +116,9 @@ def test_session_limiter_fifo_and_cancel() -> None:
         with pytest.raises(asyncio.CancelledError):
             await waiter
         assert t4.position == 1
+        assert await t4.wait_up_to(0.01) is False  # still in line: the caller may refresh its place
         t1.release()
-        await t4.wait()
+        assert await t4.wait_up_to(1.0) is True
         assert t4.granted and lim.snapshot() == {"limit": 2, "active": 2, "queued": 0}
         t2.release()
         t4.release()

@@ -235,8 +235,13 @@ class Frontend:
         try:
             if not ticket.granted:
                 self.store.update_message(mid, status="queued")
-                await q.put({"type": "queued", "position": ticket.position, **self.limiter.snapshot()})
-                await ticket.wait()
+                shown = ticket.position
+                await q.put({"type": "queued", "position": shown, **self.limiter.snapshot()})
+                while not ticket.granted:
+                    # Wake once a second to move the visible place in line; the grant itself wakes at once.
+                    if not await ticket.wait_up_to(1.0) and ticket.position != shown:
+                        shown = ticket.position
+                        await q.put({"type": "queued", "position": shown, **self.limiter.snapshot()})
             self.store.update_message(mid, status="streaming")
             attempts = 0
             while True:

@@ -42,6 +42,17 @@ class Ticket:
             self._limiter._leave(self)
             raise
 
+    async def wait_up_to(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` s for the slot; True once granted. Cancelling leaves the queue via release()."""
+        if self.granted:
+            return True
+        try:
+            # shield: a timeout must not cancel the grant future itself.
+            await asyncio.wait_for(asyncio.shield(self._future), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     def release(self) -> None:
         if self._released:
             return
