@@ -59,6 +59,7 @@ class StubBackend:
         self.reply = "Hello from the **stub**."
         self.token_delay = 0.0
         self.gate: threading.Event | None = None  # when set, streams wait for it before the last token
+        self.die_after: int | None = None  # drop the connection after this many tokens (a crashed server)
         self.requests: list[dict[str, Any]] = []
         self.active = 0
         self.max_active = 0
@@ -94,6 +95,8 @@ class StubBackend:
                                 await asyncio.sleep(0.01)
                         if self.token_delay:
                             await asyncio.sleep(self.token_delay)
+                        if self.die_after is not None and i >= self.die_after:
+                            raise ConnectionAbortedError("stub back end dies mid-answer")
                         yield self._chunk({"content": tok})
                     yield self._chunk({}, finish="stop")
                     yield b"data: [DONE]\n\n"

@@ -129,3 +129,34 @@ def test_admin_edits_prompt(stub_backend: StubBackend, start_front: Any, who: st
         sse(s)
     assert stub_backend.requests[-1]["messages"][0]["content"] == "Answer in haiku."
     assert httpx.delete(fp.url + "api/modes/code").json()["customised"] is False
+
+
+def test_page_gone_while_queued_frees_its_place(stub_backend: StubBackend, start_front: Any) -> None:
+    fp = start_front(stub_backend.base_url, "--max-sessions", "1")
+    stub_backend.gate = threading.Event()
+    a = httpx.post(fp.url + "api/conversations", json={}).json()
+    b = httpx.post(fp.url + "api/conversations", json={}).json()
+    result: list[str] = []
+
+    def hold() -> None:
+        with httpx.stream("POST", fp.url + f"api/conversations/{a['id']}/messages", json={"content": "a"},
+                          timeout=60) as r:
+            result.append(sse(r)[-1]["type"])
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        wait_until(lambda: httpx.get(fp.url + "api/status").json()["sessions"]["active"] == 1, what="A running")
+        with httpx.stream("POST", fp.url + f"api/conversations/{b['id']}/messages", json={"content": "b"}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:") and json.loads(line[5:])["type"] == "queued":
+                    break  # the page closes while queued
+        assert httpx.get(fp.url + "api/status").json()["sessions"]["queued"] in (0, 1)
+        wait_until(lambda: httpx.get(fp.url + "api/status").json()["sessions"]["queued"] == 0, timeout=15,
+                   what="the abandoned request to leave the queue")
+        msg = httpx.get(fp.url + f"api/conversations/{b['id']}").json()["messages"][-1]
+        assert msg["status"] == "stopped"
+    finally:
+        stub_backend.gate.set()
+        t.join(30)
+    assert result == ["done"]

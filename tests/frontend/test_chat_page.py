@@ -205,3 +205,19 @@ def test_render_mode_switches_animations(stub_backend: StubBackend, start_front:
     page.keyboard.press("Enter")
     page.wait_for_selector("#messages .msg.assistant[data-state='done']")
     assert page.evaluate("getComputedStyle(document.querySelector('#messages .msg')).animationName") == animation
+
+
+def test_backend_lost_mid_answer_keeps_the_text(stub_backend: StubBackend, start_front: Any, page: Any) -> None:
+    """Stub back end: it drops the connection after three words, as a crashed server would."""
+    stub_backend.reply = "alpha beta gamma delta epsilon"
+    stub_backend.die_after = 3
+    fp = start_front(stub_backend.base_url)
+    open_chat(page, fp.url)
+    page.fill("#prompt", "go")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#messages .msg.assistant[data-state='error']", timeout=30_000)
+    assert page.locator("#messages .msg.assistant .body").inner_text().strip() == "alpha beta gamma"
+    assert "text so far is kept" in page.locator("#messages .msg.assistant .error").inner_text()
+    page.reload()
+    page.wait_for_selector("#messages .msg.assistant[data-state='error']")
+    assert page.locator("#messages .msg.assistant .body").inner_text().strip() == "alpha beta gamma"

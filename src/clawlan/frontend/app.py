@@ -49,7 +49,8 @@ from clawlan.frontend.store import Store
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 SAVE_EVERY_S = 0.5  # how often a streaming answer is written to SQLite
-HISTORY_CHARS = 6000  # recent turns sent with a question; the back end's context is small
+HISTORY_CHARS = 6000
+KEEPALIVE_S = 5.0  # recent turns sent with a question; the back end's context is small
 
 
 def default_data_dir() -> Path:
@@ -443,7 +444,13 @@ def build_app(cfg: FrontConfig) -> Starlette:
         async def events() -> AsyncIterator[bytes]:
             try:
                 while True:
-                    ev = await q.get()
+                    try:
+                        ev = await asyncio.wait_for(q.get(), KEEPALIVE_S)
+                    except TimeoutError:
+                        # A comment line: the page ignores it, but writing it notices a page that has gone away
+                        # while its answer is queued or the back end is silent, so the slot is freed.
+                        yield b": keepalive\n\n"
+                        continue
                     if ev is None:
                         return
                     yield f"data: {json.dumps(ev, ensure_ascii=False)}\n\n".encode()
