@@ -495,6 +495,8 @@ def plot(results: list[ServerResult], path: Path) -> Path:
         ax.set_title(title)
         ax.set_xlabel("concurrent clients")
         ax.set_xscale("log", base=2)
+        ticks = sorted({r.concurrency for res in results for r in res.rounds})
+        ax.set_xticks(ticks, [str(t) for t in ticks])  # 1, 8, 16 rather than 2^0, 2^3, 2^4
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("clawlan bench")
