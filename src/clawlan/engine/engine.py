@@ -255,12 +255,16 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
     assert isinstance(model, Model)
     cache_slots = cfg.batch_size if cfg.cache_slots is None else cfg.cache_slots
     n_slots = min(256, cfg.batch_size + max(1, cache_slots))  # llama.cpp allows at most 256 sequence ids
-    ctx = Context(model, n_ctx=cfg.kv_tokens, n_batch=cfg.token_budget, n_seq=n_slots, threads=cfg.threads)
+    # A step carries one token per decoding sequence at least, and llama.cpp reserves one output
+    # row per sequence id (GGML_ASSERT(n_outputs_max <= n_batch) in output_reserve). With
+    # token_budget < n_slots (e.g. --prefill-chunk 16 --batch-size 16) llama.cpp aborted the process.
+    budget = max(cfg.token_budget, cfg.batch_size)
+    ctx = Context(model, n_ctx=cfg.kv_tokens, n_batch=max(budget, n_slots), n_seq=n_slots, threads=cfg.threads)
     kv = KVCache(ctx.n_ctx, n_slots, ctx)
     sched = Scheduler(
         kv,
         batch_size=cfg.batch_size,
-        token_budget=cfg.token_budget,
+        token_budget=budget,
         max_wait_s=cfg.max_wait_ms / 1000.0,
         max_seq_tokens=min(cfg.max_seq_tokens, ctx.n_ctx),
     )

@@ -9,6 +9,7 @@ import numpy as np
 from clawlan.engine.llama import Context, Model, Sampler
 from clawlan.engine.scheduler import Step
 from clawlan.engine.sequence import Sequence
+from clawlan.errors import EngineError
 
 
 class Runner(Protocol):
@@ -41,6 +42,9 @@ class LlamaRunner:
             seq.sampler = None
 
     def run(self, step: Step) -> tuple[int, dict[Sequence, int]]:
+        if step.n_tokens > self.ctx.n_batch:
+            # Writing past llama_batch corrupts memory and llama.cpp aborts the process; fail the step.
+            raise EngineError(f"a step of {step.n_tokens} tokens exceeds the batch of {self.ctx.n_batch}")
         parts = []
         for c in step.chunks:
             assert c.seq.seq_id is not None

@@ -72,7 +72,9 @@ class Scheduler:
         self.kv = kv
         self.batch_size = batch_size
         self.effective_batch = batch_size
-        self.token_budget = token_budget
+        # Every decoding sequence takes one token of the budget each step, before any prefill, so
+        # the budget must hold a full batch of decoders; otherwise a step outgrows llama_batch.
+        self.token_budget = max(token_budget, batch_size)
         self.max_wait_s = max_wait_s
         self.max_seq_tokens = max_seq_tokens
         self.waiting: deque[Sequence] = deque()
