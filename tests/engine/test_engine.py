@@ -248,3 +248,14 @@ def test_preemption_under_tiny_kv_budget(real_model, make_real_engine, reference
         got = tokens_of(evs)
         assert len(got) == n == fin.completion_tokens
         assert_same_as_alone(reference_logits, p, s, got)
+
+
+def test_small_token_budget_with_full_batch(real_model, make_real_engine):
+    # A token budget below batch_size, or below the number of sequence ids (batch + cache
+    # slots = 16 here), used to make llama.cpp abort the whole process.
+    eng = make_real_engine(batch_size=8, token_budget=4, kv_tokens=1024, max_seq_tokens=1024)
+    assert eng.engine.context.n_batch >= 16
+    results = eng.run(*(greedy(real_model.tokenize(f"{i} apples and"), 12) for i in range(8)))
+    for evs in results:
+        assert final(evs).finish_reason == "length" and final(evs).error is None
+    assert max(eng.engine.stats.step_seqs) == 8

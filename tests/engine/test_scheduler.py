@@ -59,7 +59,7 @@ def test_chunked_prefill_never_freezes_decoders(make_harness):
     long_prompt = prompt(2, 100)
     long = h.submit(long_prompt, max_tokens=4)
     prefill_steps = 0
-    while not h.events[long]:
+    while not h.tokens(long):
         before = len(h.events[short])
         h.step()
         chunks = {rid: (start, n) for rid, start, n in h.runner.steps[-1]}
@@ -389,3 +389,15 @@ def test_empty_prompt_does_not_hang_the_engine(make_harness):
     h.run(max_steps=50)
     assert h.final(a).finish_reason == "error"
     h.check_reference(b, 3)
+
+
+def test_token_budget_below_batch_size_still_fits_every_decoder(make_harness):
+    # prefill_chunk 4 with batch 8: each step must still hold 8 decoders, and never more.
+    h = make_harness(batch_size=8, token_budget=4)
+    assert h.sched.token_budget == 8
+    rids = [h.submit(prompt(i, 5), max_tokens=20) for i in range(8)]
+    h.run()
+    assert max(sum(n for _, _, n in s) for s in h.runner.steps) <= 8
+    assert max(len(s) for s in h.runner.steps) == 8
+    for rid in rids:
+        h.check_reference(rid, 20)
