@@ -209,11 +209,13 @@ def test_cancellation_frees_the_sequence(real_model, make_real_engine):
         assert len(seen) < 50
         # Leaving the async for early cancels too.
         req2 = greedy(p, 1000, ignore_eos=True)
+        stream = engine.submit(req2)
         n = 0
-        async for _ in engine.submit(req2):
+        async for _ in stream:
             n += 1
             if n == 3:
                 break
+        await stream.aclose()  # what a server does when the client disconnects
         # A later request runs after the engine drained the cancel; it completes normally.
         tail = [ev async for ev in engine.submit(greedy(p, 2))]
         return tail
