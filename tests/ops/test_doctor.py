@@ -388,3 +388,19 @@ def test_seed_config_files_found_in_cwd(tmp_path, monkeypatch, capsys) -> None:
         and "clawbot_config.json" in conf["detail"]
         and "render_mode" in conf["detail"]
     )
+
+
+def test_gpu_check_reads_nvidia_smi(tmp_path, monkeypatch) -> None:
+    from .test_planner import fake_nvidia_smi
+
+    fake_nvidia_smi(tmp_path, 20480, 1000)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    d = Doctor(Target("127.0.0.1", 1))
+    d.check_gpu()
+    (gpu,) = d.checks
+    assert gpu.status is Status.WARN and "NVIDIA RTX 4000 Ada, driver 550.54.14" in gpu.detail
+    assert "1.0 of 20.0 GiB free" in gpu.detail and "nvidia-smi" in gpu.fix
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    d = Doctor(Target("127.0.0.1", 1))
+    d.check_gpu()
+    assert d.checks[0].status is Status.SKIP

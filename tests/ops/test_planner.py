@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from clawlan.cli import main
@@ -147,3 +150,33 @@ def test_verdict_and_limits_agree() -> None:
         p = planner.plan_memory(info, ctx, sessions, q, ram=ram, gpu=gpu)
         assert p.fits, (q, gpu)
         assert p.max_ctx >= ctx and p.max_sessions >= sessions, (q, gpu, p.max_ctx, p.max_sessions)
+
+
+def fake_nvidia_smi(folder, total_mib: int, free_mib: int) -> None:
+    """An nvidia-smi on PATH that answers the CSV query like the real one (no GPU here)."""
+    exe = folder / "nvidia-smi"
+    exe.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        f'  *name*) echo "NVIDIA RTX 4000 Ada, 550.54.14, {total_mib}, {free_mib}" ;;\n'
+        f'  *) echo "{total_mib}, {free_mib}" ;;\n'
+        "esac\n"
+    )
+    exe.chmod(0o755)
+
+
+def test_plan_uses_the_detected_gpu(tmp_path, monkeypatch, capsys) -> None:
+    fake_nvidia_smi(tmp_path, 20480, 19000)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert planner.detect_gpu() == (20480 * 2**20, 19000 * 2**20)
+    assert main(["plan", "80B", "--quant", "Q4_K_M", "--ram", "128", "--ctx", "2048", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["gpu"] == 20480 * 2**20 and 0 < doc["gpu_layers"] < 91
+    assert f"--gpu-layers {doc['gpu_layers']}" in doc["verdict"]
+
+
+def test_plan_a_gguf_file(tiny_f32, capsys) -> None:
+    assert main(["plan", str(tiny_f32), "--ctx", "512", "--sessions", "2", "--ram", "8", "--no-gpu"]) == 0
+    out = capsys.readouterr().out
+    # 2 layers x 2 KV heads x (64 + 64) x 2 bytes = 1,024 B/token; 1,024 cells
+    assert "1,024 B/token x 1,024 cells" in out and "weights (F32)" in out

@@ -355,7 +355,8 @@ class MemoryPlan:
 
 def weights_bytes(info: ModelInfo, q: Quant | None) -> tuple[float, str]:
     if q is None and info.tensor_types:
-        return float(sum(info.tensor_types.values())), info.file_type or "as stored"
+        # gguf names the all-F32 file type "ALL_F32" where every other is "MOSTLY_X" (already stripped).
+        return float(sum(info.tensor_types.values())), (info.file_type or "as stored").removeprefix("ALL_")
     q = q or QUANTS["F16"]  # a bare size without --quant: the seed's FP16 assumption
     return info.n_params * q.bits / 8, q.name
 
