@@ -328,6 +328,7 @@ async function send(content, regenerate) {
     box.append(messageEl({ role: "user", content }));
   }
   const el = messageEl({ role: "assistant", content: "", status: "streaming" });
+  el.setAttribute("aria-busy", "true");  // screen readers announce the answer once, when complete
   box.append(el);
   scrollDown();
   const controller = new AbortController();
@@ -406,6 +407,7 @@ async function send(content, regenerate) {
       renderMarkdown(el.querySelector(".body"), text, true);
       setState(el, "stopped");
     }
+    el.removeAttribute("aria-busy");
     state.streaming = null;
     updateButtons();
     refreshList();
@@ -449,8 +451,8 @@ function showBackend(b) {
   const el = $("#backend");
   const s = state.status ? state.status.sessions : null;
   if (!b) {
-    el.textContent = t("noBackend");
-    el.classList.add("bad");
+    // Before the first lookup ends (mDNS may wait fallback_timeout) this is "looking", not "none".
+    el.textContent = t("finding");
     return;
   }
   el.classList.remove("bad");
