@@ -178,3 +178,23 @@ def test_front_end_follows_backend_to_a_new_port(advertiser: Advertiser, service
             stub2.stop()
     finally:
         stub.stop()
+
+
+def test_front_end_falls_back_to_static_on_time(service_type: str, start_front: Any) -> None:
+    """No service advertised: the front end uses the static address after fallback_timeout (±20 %), and says so."""
+    stub = StubBackend().start()
+    try:
+        fp = start_front(stub.base_url, "--discovery", "mDNS", "--fallback-timeout", "1500",
+                         "--mdns-interface", "127.0.0.1", "--mdns-service-type", service_type)
+        c = httpx.post(fp.url + "api/conversations", json={}).json()
+        with httpx.stream("POST", fp.url + f"api/conversations/{c['id']}/messages", json={"content": "hi"},
+                          timeout=30) as r:
+            events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
+        assert events[-1]["type"] == "done"
+        backend = next(e for e in events if e["type"] == "start")["backend"]
+        assert backend["how"] == "fallback" and backend["base_url"] == stub.base_url
+        assert 1200 <= backend["found_after_ms"] <= 1800, backend
+        status = httpx.get(fp.url + "api/status").json()
+        assert status["backend"]["how"] == "fallback"
+    finally:
+        stub.stop()
