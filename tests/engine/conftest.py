@@ -48,7 +48,9 @@ class RealEngine:
 
         from clawlan.engine.engine import EngineConfig, build_engine
 
-        cfg.setdefault("threads", 2)
+        # One thread: llama.cpp's threads spin at barriers, so on a busy 2-core machine two threads
+        # stall each other's steps (a test took 98 s with 2 threads and 6.5 s with 1, same load).
+        cfg.setdefault("threads", 1)
         cfg.setdefault("max_wait_ms", 0)
         self.model = model
         self.engine = build_engine(model, EngineConfig(**cfg))
@@ -96,7 +98,7 @@ def reference_logits(real_model):
     """Logits after ``tokens`` from a fresh single-sequence context (the "run alone" oracle)."""
     from clawlan.engine.llama import Context
 
-    ctx = Context(real_model, n_ctx=2048, n_batch=2048, n_seq=1, threads=2)
+    ctx = Context(real_model, n_ctx=2048, n_batch=2048, n_seq=1, threads=1)
 
     def logits(tokens: list[int]):
         ctx.clear()
