@@ -261,3 +261,54 @@ def test_small_token_budget_with_full_batch(real_model, make_real_engine):
     for evs in results:
         assert final(evs).finish_reason == "length" and final(evs).error is None
     assert max(eng.engine.stats.step_seqs) == 8
+
+
+def test_shared_prefix_copied_from_a_running_sequence(real_model, make_real_engine, reference_logits):
+    # B arrives while A (same system prompt) is decoding: B's prefix comes from A's live KV
+    # through llama_memory_seq_cp, both then append to cells they share, and neither output
+    # may change because of it.
+    import asyncio
+
+    system = real_model.tokenize("Notes from the weekly office meeting about printers and coffee. " * 8)
+    qa = system + real_model.tokenize(" Summary: the printer", add_special=False)
+    qb = system + real_model.tokenize(" Summary: the coffee", add_special=False)
+    solo = run_alone(make_real_engine, real_model, [qa, qb], 16)
+    eng = make_real_engine(batch_size=4, kv_tokens=2048, max_seq_tokens=2048)
+    engine = eng.engine
+
+    async def scenario():
+        a_events = []
+
+        async def run_a():
+            async for ev in engine.submit(greedy(qa, 16)):
+                a_events.append(ev)
+                if len(a_events) == 2:
+                    started.set()
+            return a_events
+
+        started = asyncio.Event()
+        task = asyncio.create_task(run_a())
+        await started.wait()  # A has finished its prefill and is decoding
+        b_events = [ev async for ev in engine.submit(greedy(qb, 16))]
+        return await task, b_events
+
+    a_events, b_events = asyncio.run(scenario())
+    common = next(i for i, (x, y) in enumerate(zip(qa, qb, strict=False)) if x != y)
+    assert final(b_events).cached_tokens == common > len(system) - 2
+    assert final(a_events).cached_tokens == 0
+    assert_same_as_alone(reference_logits, qa, solo[0], tokens_of(a_events))
+    assert_same_as_alone(reference_logits, qb, solo[1], tokens_of(b_events))
+
+
+def test_seeded_sampling_is_reproducible_in_a_batch(real_model, make_real_engine):
+    eng = make_real_engine(batch_size=4, kv_tokens=2048, max_seq_tokens=2048)
+    p = real_model.tokenize("Ideas for the office party:")
+
+    def sampled(seed):
+        return Request(list(p), SamplingParams(max_tokens=16, temperature=1.0, top_k=40, seed=seed))
+
+    (a,) = eng.run(sampled(7))
+    # The same seed again, now batched beside other requests, with the prompt in the prefix cache.
+    b, c, _ = eng.run(sampled(7), sampled(8), greedy(real_model.tokenize("Other work"), 16))
+    assert tokens_of(a) == tokens_of(b) or first_difference(tokens_of(a), tokens_of(b)) >= 4
+    assert tokens_of(c) != tokens_of(a)
