@@ -333,6 +333,10 @@ class Bench:
     ) -> RequestResult:
         path, body = _body(self.w, model, prompt, max_tokens)
         r = await stream_request(client, base_url + path, body, self.headers())
+        if not r.ok and r.error.startswith("RemoteProtocolError") and not r.ttft:
+            # A pooled keep-alive connection the server had already closed (llama-server drops idle
+            # ones): nothing was sent or answered, so one retry on a new connection is the same request.
+            r = await stream_request(client, base_url + path, body, self.headers())
         self.tick()
         return r
 
