@@ -181,18 +181,36 @@ def test_errors_are_model_errors():
         assert issubclass(cls, ModelError)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("clawlan.server.command") is None, reason="the serve command does not exist yet"
-)
-@pytest.mark.parametrize("case", ["missing", "unreadable", "truncated", "not gguf", "SHA256SUMS mismatch"])
+HAS_SERVE = importlib.util.find_spec("clawlan.server.command") is not None
+
+
+@pytest.mark.skipif(not HAS_SERVE, reason="the serve command does not exist yet")
+@pytest.mark.parametrize("case", list(CASES))
 def test_serve_prints_one_line_and_exits_non_zero(case, tmp_path, embedded, capsys, no_native_load):
     from clawlan.cli import main
 
-    path, _ = CASES[case][0](tmp_path, embedded)
-    rc = main(["serve", "--model", str(path)])
+    maker, _, words = CASES[case]
+    path, kw = maker(tmp_path, embedded)
+    argv = ["serve", "--model", str(path)] + (["--sha256", kw["sha256"]] if "sha256" in kw else [])
+    rc = main(argv)
     err = capsys.readouterr().err.strip()
     assert rc != 0
-    assert len(err.splitlines()) == 1 and str(path) in err
+    assert len(err.splitlines()) == 1, err
+    assert str(path) in err and all(w in err for w in words), err
+    assert not no_native_load
+
+
+@pytest.mark.skipif(not HAS_SERVE, reason="the serve command does not exist yet")
+def test_serve_not_enough_disk(tmp_path, monkeypatch, capsys, no_native_load):
+    from clawlan.cli import main
+
+    monkeypatch.setenv("CLAWLAN_CACHE_DIR", str(tmp_path / "cache"))
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: Usage(10**9, 10**9 - 10**7, 10**7))
+    rc = main(["serve"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1, err
+    assert "not enough disk" in err and str(tmp_path / "cache") in err
 
 
 def test_unreadable_for_non_root_too(tmp_path):
