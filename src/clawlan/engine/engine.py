@@ -165,6 +165,10 @@ class Engine:
                     self._end(c.seq, "error", error=f"llama_decode failed with status {status}")
             return
         self.scheduler.commit(step)
+        # A prompt chunk is progress too: a 15k-token prompt must not look stalled to timeout_ms.
+        for c in step.chunks:
+            if not c.wants_logits:
+                self._emit(c.seq, Event(c.seq.request_id))
         self.stats.steps += 1
         self.stats.step_seqs.append(len(step.chunks))
         if self.on_step:

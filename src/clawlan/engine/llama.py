@@ -60,6 +60,7 @@ class Model:
         self.eos = L.llama_vocab_eos(self.vocab)
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
+        self._banned: np.ndarray | None = None
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")
@@ -97,6 +98,23 @@ class Model:
         """The id of a special token such as ``<end_of_turn>``, if the vocabulary has it as one token."""
         ids = self.tokenize(text, add_special=False, parse_special=True)
         return ids[0] if len(ids) == 1 else None
+
+    def banned_in_grammar(self) -> np.ndarray:
+        """Control tokens that do not end generation (e.g. ``<start_of_turn>``).
+
+        llama.cpp's grammar matches a token by its text, so such a token could pass
+        as literal characters inside a JSON string; a constrained answer must never
+        contain one. Computed once per model.
+        """
+        if self._banned is None:
+            ids = [
+                t
+                for t in range(self.n_vocab)
+                if L.llama_vocab_is_control(self.vocab, t) and not L.llama_vocab_is_eog(self.vocab, t)
+            ]
+            self._banned = np.zeros(self.n_vocab, dtype=bool)
+            self._banned[ids] = True
+        return self._banned
 
     def chat_template(self) -> str | None:
         raw = L.llama_model_chat_template(self.ptr, None)
@@ -204,6 +222,7 @@ class Sampler:
 
         assert isinstance(params, SamplingParams)
         self.grammar = None
+        self.banned = model.banned_in_grammar() if params.grammar is not None else None
         self.ptr = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         add = lambda s: L.llama_sampler_chain_add(self.ptr, s)  # noqa: E731
         if params.grammar is not None:
@@ -260,6 +279,8 @@ class Sampler:
 
     def _constrain(self, ids: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, object] | None:
         """Apply the grammar to candidates ``ids``; the allowed ones as a token-data array, or None."""
+        if self.banned is not None:
+            ids = ids[~self.banned[ids]]
         buf = np.zeros(ids.shape[0], dtype=TOKEN_DATA)
         buf["id"] = ids
         buf["logit"] = logits[ids]

@@ -37,6 +37,7 @@ from clawlan.server.middleware import ApiKeyMiddleware, ByteCounterMiddleware
 from clawlan.server.schemas import ChatRequest, CompletionRequest, Sampling, parse
 from clawlan.tools.grammar import FAMILIES
 from clawlan.tools.plan import ToolPlan, plan_request
+from clawlan.tools.prompt import prepare_messages
 
 log = logging.getLogger(__name__)
 FINGERPRINT = f"clawlan-{__version__}"
@@ -210,8 +211,7 @@ class Service:
             plan = None
             if chat:
                 plan = self._tool_plan(body)
-                messages = plan.prompt_messages(body.messages) if plan and plan.tools else body.messages
-                prompt = self.backend.template.render(messages)
+                prompt = self.backend.template.render(self._prompt_messages(body, plan))
                 tokens = self.backend.tokenize_prompt(prompt)
             else:
                 tokens = self._completion_tokens(body)
@@ -242,7 +242,23 @@ class Service:
             return None
         family = self.backend.template.family
         fields = {"tools", "tool_choice", "parallel_tool_calls", "response_format"}
-        return plan_request(body.model_dump(include=fields, exclude_none=True), family if family in FAMILIES else "chatml")
+        plan = plan_request(body.model_dump(include=fields, exclude_none=True), family if family in FAMILIES else "chatml")
+        if plan.tool_choice == "none" and body.tools and plan.grammar is None:
+            # A model that saw calls in the history may write one anyway: parse it out and drop it,
+            # so call syntax never reaches the content.
+            plan.parse_tool_calls = True
+            plan.drop_calls = True
+        return plan
+
+    def _prompt_messages(self, body: ChatRequest, plan: ToolPlan | None) -> list[dict[str, Any]]:
+        """Messages for the template; tool calls and results become text where it has no tool syntax."""
+        template = self.backend.template
+        if plan is not None:
+            return plan.prompt_messages(body.messages) if plan.tools or not template.native_tools else body.messages
+        has_tools = any(m.get("role") == "tool" or m.get("tool_calls") for m in body.messages)
+        if has_tools and not template.native_tools and template.family in FAMILIES:
+            return prepare_messages(body.messages, template.family, tools=[], tool_choice="none")
+        return body.messages
 
     def _completion_tokens(self, body: CompletionRequest) -> list[int]:
         p = body.prompt
@@ -257,12 +273,20 @@ class Service:
     async def _complete(
         self, request: Request, req: EngineRequest, body: Any, chat: bool, endpoint: str, plan: ToolPlan | None
     ) -> Response:
+        parser = plan.new_parser() if plan else None
+
         async def collect() -> tuple[str, Event]:
             parts = []
             last = None
             async for ev in self._events(req):
-                parts.append(ev.text)
                 last = ev
+                if parser is not None and parser.stop_requested:
+                    continue  # the call is complete and being repeated: ignore the tail
+                parts.append(ev.text)
+                if parser is not None and ev.text:
+                    parser.feed(ev.text)
+                    if parser.stop_requested:
+                        self.backend.engine.cancel(req.request_id)
             assert last is not None
             return "".join(parts), last
 
@@ -285,6 +309,8 @@ class Service:
             self.metrics.requests.labels(endpoint, "499").inc()
             return Response(status_code=499)
         text, last = gen.result()  # re-raises RequestTimeout
+        if last.finish_reason == "cancelled" and parser is not None and parser.stop_requested:
+            last.finish_reason = "stop"  # we ended it: the tool call was complete
         if last.finish_reason == "error":
             self.metrics.requests.labels(endpoint, "500").inc()
             return JSONResponse(
@@ -297,14 +323,12 @@ class Service:
         finish = "length" if last.finish_reason == "length" else "stop"
         if chat:
             message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
-            parser = plan.new_parser() if plan else None
             if parser is not None:
-                parser.feed(text)
                 parser.finish()
                 message["content"] = parser.content
-                if parser.tool_calls:
+                if parser.tool_calls and not plan.drop_calls:
                     message["tool_calls"] = [c.to_openai() for c in parser.tool_calls]
-                finish = ToolPlan.finish_reason(parser, finish)
+                    finish = ToolPlan.finish_reason(parser, finish)
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
             obj = "chat.completion"
         else:
@@ -355,6 +379,7 @@ class Service:
             return "data: " + json.dumps(out, ensure_ascii=False) + "\n\n"
 
         parser = plan.new_parser() if plan else None
+        drop = plan is not None and plan.drop_calls
 
         def deltas(text: str, final: bool = False) -> list[Any]:
             """Content (or completion text) deltas, with tool calls split out when tools are on."""
@@ -363,16 +388,21 @@ class Service:
             if parser is None:
                 return [{"content": text}] if text else []
             out = parser.feed(text) if text else []
-            return out + parser.finish() if final else out
+            out = out + parser.finish() if final else out
+            return [d for d in out if "tool_calls" not in d] if drop else out
 
         status = "200"
         try:
             if chat:
                 yield chunk({"role": "assistant", "content": ""}, None)
             async for ev in self._events(req):
+                if parser is not None and parser.stop_requested:
+                    ev.text = ""  # the call is complete and being repeated: drop the tail
                 if ev.finish_reason is None:
                     for d in deltas(ev.text):
                         yield chunk(d, None)
+                    if parser is not None and parser.stop_requested:
+                        self.backend.engine.cancel(req.request_id)
                     continue
                 if ev.finish_reason == "error":
                     status = "500"
@@ -382,7 +412,7 @@ class Service:
                 for d in deltas(ev.text, final=True):
                     yield chunk(d, None)
                 finish = "length" if ev.finish_reason == "length" else "stop"
-                finish = ToolPlan.finish_reason(parser, finish)
+                finish = finish if drop else ToolPlan.finish_reason(parser, finish)
                 yield chunk({} if chat else "", finish)
                 if include_usage:
                     yield chunk(None, None, usage=self._usage(ev), choices=False)

@@ -83,31 +83,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The back end and, where installed, the front end beside it (``make run``)."""
+    """The back end and a front end beside it (``make run``)."""
+    from clawlan.frontend.command import launch
     from clawlan.model.store import resolve
     from clawlan.server.backend import Backend
     from clawlan.server.serving import RunningServer
 
     settings = settings_from_args(args).settings
+    logging.getLogger().setLevel(settings.server.log_level.upper())
     info = resolve(settings.server.model, settings.server.model_sha256)
     server = RunningServer(settings, Backend(settings, info=info))
-    front = None
-    try:
-        from clawlan.frontend import command as front_command
-
-        starter = getattr(front_command, "start_front", None)
-        if starter is not None:
-            front = starter(settings, backend_url=server.base_url)
-    except ImportError:
-        pass
-    print(f"clawlan: back end at {server.base_url}/v1", flush=True)
-    if front is not None:
-        print(f"clawlan: chat at {getattr(front, 'url', front)}", flush=True)
+    # The front end is its own light process, as on a NUC; it is told where this back end is.
+    front = launch(args.config, backend=server.base_url, port=settings.frontend.port)
+    print(f"clawlan: API at {server.base_url}/v1 (model {info.path.name}, loading in the background)", flush=True)
+    print(f"clawlan: chat at {front.url}", flush=True)
     try:
         server.run()
     finally:
-        if front is not None and hasattr(front, "stop"):
-            front.stop()
+        front.stop()
     return 0
 
 

@@ -59,6 +59,8 @@ class ToolPlan:
     # Non-empty: the grammar is lazy; pass these to llama_sampler_init_grammar_lazy_patterns.
     grammar_triggers: list[str] = field(default_factory=list)
     parse_tool_calls: bool = False
+    # Parse calls only to drop them (tool_choice "none" after a history of calls): never leaked, never returned.
+    drop_calls: bool = False
     warnings: list[str] = field(default_factory=list)
 
     def new_parser(self) -> ToolCallStreamParser | None:
