@@ -52,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(args, "log_level", None) or logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     try:
         return int(args.func(args) or 0)
     except ClawlanError as exc:
