@@ -5,12 +5,17 @@ from __future__ import annotations
 import pytest
 
 from clawlan.model import store
-from clawlan.model.metadata import read_metadata
 
 
 @pytest.fixture(scope="module")
-def info():
-    return read_metadata(store.embedded_model_path())
+def info(model_info):
+    # tests/conftest.py's session ModelInfo: read_metadata parses 262k vocabulary entries (~5-10 s).
+    assert model_info.path == store.embedded_model_path()
+    return model_info
+
+
+def test_read_metadata_is_what_resolve_returns(info):
+    assert info.n_layers == 18 and info.path.name == store.EMBEDDED_NAME
 
 
 def test_embedded_architecture(info):

@@ -168,12 +168,12 @@ def test_sums_file_without_an_entry_is_ignored(tmp_path, embedded):
     store.check_file(p)
 
 
-def test_embedded_model_is_assembled_and_verified(embedded):
+def test_embedded_model_is_assembled_and_verified(embedded, model_info):
     assert embedded.stat().st_size == store.EMBEDDED_SIZE
     assert embedded.with_suffix(".verified").read_text().strip() == store.EMBEDDED_SHA256
     assert store.embedded_model_path() == embedded
-    info = store.resolve(None)  # the one full resolve in this module: checks and metadata
-    assert info.path == embedded and info.architecture == "gemma3"
+    # model_info is tests/conftest.py's session-wide store.resolve(None): checks and metadata.
+    assert model_info.path == embedded and model_info.architecture == "gemma3"
 
 
 def test_errors_are_model_errors():
