@@ -99,10 +99,10 @@ def test_results_and_helpers() -> None:
         tool_result_to_text({"content": "42"}, "mistral")[len("[TOOL_RESULTS]") : -len("[/TOOL_RESULTS]")]
     ) == {"content": "42"}
     assert tool_result_to_text({"content": "42"}, "llama3") == "42"
-    assert (
-        content_text([{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}])
-        == "a\nb"
-    )
+    assert content_text([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]) == "a\nb"
+    # A non-text part is refused, as the chat template refuses it, rather than silently dropped.
+    with pytest.raises(InvalidRequest, match="image_url"):
+        content_text([{"type": "text", "text": "a"}, {"type": "image_url"}])
     assert content_text(None) == ""
     with pytest.raises(InvalidRequest):
         tool_calls_to_text(CALLS, "vicuna")

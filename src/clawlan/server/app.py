@@ -256,8 +256,9 @@ class Service:
         if plan is not None:
             return plan.prompt_messages(body.messages) if plan.tools or not template.native_tools else body.messages
         has_tools = any(m.get("role") == "tool" or m.get("tool_calls") for m in body.messages)
-        if has_tools and not template.native_tools and template.family in FAMILIES:
-            return prepare_messages(body.messages, template.family, tools=[], tool_choice="none")
+        if has_tools and not template.native_tools:
+            family = template.family if template.family in FAMILIES else "chatml"
+            return prepare_messages(body.messages, family, tools=[], tool_choice="none")
         return body.messages
 
     def _completion_tokens(self, body: CompletionRequest) -> list[int]:

@@ -13,7 +13,8 @@ strict templates refuse:
 - consecutive messages of the same role are merged (Clawdbot sends two user
   messages in a row every turn, and Gemma's template rejects that);
 - assistant ``tool_calls`` and ``tool`` results are kept for templates that
-  understand them, and rendered as text for those that do not.
+  understand them; for the others ``clawlan.tools.prompt`` has already
+  rendered them as text in the family's call syntax.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def detect_family(template: str | None, architecture: str) -> str:
     return "chatml"
 
 
-def content_text(content: Any, where: str) -> str:
+def content_text(content: Any, where: str = "message") -> str:
     """A message's content as one string: a string, null, or an array of text parts."""
     if content is None:
         return ""
@@ -109,20 +110,6 @@ def content_text(content: Any, where: str) -> str:
     raise InvalidRequest(f"{where}.content must be a string or an array of text parts", param=f"{where}.content")
 
 
-def tool_calls_text(calls: list[dict[str, Any]]) -> str:
-    """Assistant tool calls as text, for templates that have no tool syntax of their own."""
-    out = []
-    for c in calls:
-        fn = c.get("function") or {}
-        args = fn.get("arguments", "{}")
-        try:
-            args_obj = json.loads(args) if isinstance(args, str) else args
-        except json.JSONDecodeError:
-            args_obj = args
-        out.append("<tool_call>\n" + json.dumps({"name": fn.get("name"), "arguments": args_obj}, ensure_ascii=False) + "\n</tool_call>")
-    return "\n".join(out)
-
-
 def normalize(messages: list[dict[str, Any]], native_tools: bool) -> list[dict[str, Any]]:
     """Clean messages as described in the module docstring."""
     if not messages:
@@ -137,21 +124,13 @@ def normalize(messages: list[dict[str, Any]], native_tools: bool) -> list[dict[s
             raise InvalidRequest(f"{where}.role is {role!r}; use system, developer, user, assistant or tool", param=f"{where}.role")
         text = content_text(m.get("content"), where)
         msg: dict[str, Any] = {"role": role, "content": text}
-        calls = m.get("tool_calls") or []
-        if role == "assistant" and calls:
-            if native_tools:
-                msg["tool_calls"] = calls
-            else:
-                msg["content"] = (text + "\n" if text else "") + tool_calls_text(calls)
-        if role == "tool":
-            if native_tools:
-                msg["tool_call_id"] = m.get("tool_call_id")
-                if m.get("name"):
-                    msg["name"] = m["name"]
-            else:
-                # Templates without a tool role see the result as a user turn that says what it is.
-                name = m.get("name") or m.get("tool_call_id") or "tool"
-                msg = {"role": "user", "content": f"<tool_response name=\"{name}\">\n{text}\n</tool_response>"}
+        # Templates without tool syntax never see these: clawlan.tools.prompt flattened them to text.
+        if native_tools and role == "assistant" and m.get("tool_calls"):
+            msg["tool_calls"] = m["tool_calls"]
+        if native_tools and role == "tool":
+            msg["tool_call_id"] = m.get("tool_call_id")
+            if m.get("name"):
+                msg["name"] = m["name"]
         prev = out[-1] if out else None
         if prev and prev["role"] == msg["role"] and "tool_calls" not in prev and "tool_calls" not in msg and msg["role"] != "tool":
             prev["content"] = (prev["content"] + "\n\n" + msg["content"]) if prev["content"] else msg["content"]

@@ -49,20 +49,10 @@ def _syntax(family: str) -> str:
 
 
 def content_text(content: Any) -> str:
-    """A message's content as text: a string, or the text parts of an array."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        parts = []
-        for part in content:
-            if isinstance(part, Mapping) and part.get("type") == "text":
-                parts.append(str(part.get("text", "")))
-            elif isinstance(part, str):
-                parts.append(part)
-        return "\n".join(parts)
-    return str(content)
+    """A message's content as text; a non-text part is a 400 naming it (see the chat template)."""
+    from clawlan.server.chat_template import content_text as strict
+
+    return strict(content)
 
 
 def _call_json(name: str, arguments: Any, args_key: str) -> str:
