@@ -401,3 +401,13 @@ def test_token_budget_below_batch_size_still_fits_every_decoder(make_harness):
     assert max(len(s) for s in h.runner.steps) == 8
     for rid in rids:
         h.check_reference(rid, 20)
+
+
+def test_step_stats_stay_bounded(make_harness):
+    # Nothing has to read stats.step_seqs; it must not grow for the server's lifetime.
+    h = make_harness()
+    assert h.engine.stats.step_seqs.maxlen is not None
+    rid = h.submit(prompt(1, 4), max_tokens=5)
+    h.run()
+    assert list(h.engine.stats.step_seqs)[-1] == 1 and h.engine.stats.steps == len(h.runner.steps)
+    h.check_reference(rid, 5)
