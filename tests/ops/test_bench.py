@@ -127,6 +127,31 @@ def test_chat_endpoint_and_multi_turn_switch(two_servers) -> None:
     assert res.switch is not None and res.switch.followup_ttft_ms > 0
 
 
+def test_retries_a_connection_the_server_dropped() -> None:
+    dropped: list[int] = []
+
+    class Dropper(Scripted):
+        prompts: list[str] = []
+        first_delay = token_delay = 0.0
+
+        def do_POST(self) -> None:  # noqa: N802
+            if not dropped:  # the first request finds its connection closed, like a stale keep-alive
+                dropped.append(1)
+                self.close_connection = True
+                return
+            super().do_POST()
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Dropper)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        w = Workload(input_tokens=10, output_tokens=2, requests_per_client=1, concurrency=[1], model="m")
+        (res,) = Bench(w).run([("a", f"http://127.0.0.1:{srv.server_port}")], switch=False)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert dropped and res.rounds[0].completed == 1 and res.rounds[0].failed == 0
+
+
 def test_error_is_reported_not_raised(tmp_path: Path, capsys) -> None:
     srv, _ = scripted(0.0, 0.0)
     url = f"http://127.0.0.1:{srv.server_port}"
