@@ -250,7 +250,9 @@ class EngineConfig:
     max_seq_tokens: int = 4096  # one request's context
     token_budget: int = 512  # tokens per llama_decode (chunked prefill)
     threads: int = 2
-    cache_slots: int | None = None  # idle prefix-cache entries kept; default: batch_size
+    # Idle prefix-cache entries kept (finished conversations). A slot is only a sequence id, so
+    # keep many: KV cells, not slots, should decide what is evicted. Default: 4 x batch, at least 32.
+    cache_slots: int | None = None
 
 
 def build_engine(model: object, cfg: EngineConfig) -> Engine:
@@ -260,7 +262,7 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
     from clawlan.engine.runner import LlamaRunner
 
     assert isinstance(model, Model)
-    cache_slots = cfg.batch_size if cfg.cache_slots is None else cfg.cache_slots
+    cache_slots = max(32, 4 * cfg.batch_size) if cfg.cache_slots is None else cfg.cache_slots
     n_slots = min(256, cfg.batch_size + max(1, cache_slots))  # llama.cpp allows at most 256 sequence ids
     # A step carries one token per decoding sequence at least, and llama.cpp reserves one output
     # row per sequence id (GGML_ASSERT(n_outputs_max <= n_batch) in output_reserve). With

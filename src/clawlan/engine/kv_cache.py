@@ -80,14 +80,11 @@ class KVCache:
 
     def idle_cells(self) -> int:
         """Cells that only idle cache entries hold: usable after eviction."""
-        ids = [c for s in self.slots if not s.busy for c in s.cells]
-        if not ids:
-            return 0
-        arr = np.unique(np.asarray(ids, dtype=np.int64))
-        busy = [c for s in self.slots if s.busy for c in s.cells]
-        if busy:
-            arr = np.setdiff1d(arr, np.asarray(busy, dtype=np.int64), assume_unique=False)
-        return int(arr.size)
+        busy = np.zeros(self.n_cells, dtype=bool)
+        for s in self.slots:
+            if s.busy and s.cells:
+                busy[np.asarray(s.cells, dtype=np.int64)] = True
+        return int(np.count_nonzero((self.refs > 0) & ~busy))
 
     def reclaimable(self) -> int:
         return self.n_free + self.idle_cells()
