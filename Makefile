@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 # Debian's Chromium drives the browser tests (Playwright never downloads a browser);
-# the CJK font lets it draw the Chinese UI; iproute2 gives the doctor tests network namespaces.
+# the CJK font lets it draw the Chinese UI; iproute2 and iptables serve the doctor's namespace tests.
 browser:
-	@dpkg -s chromium fonts-wqy-microhei iproute2 >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei iproute2 >/dev/null; \
+	@dpkg -s chromium fonts-wqy-microhei iproute2 iptables >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei iproute2 iptables >/dev/null; \
 	  else echo "browser tests need Debian's chromium: sudo apt-get install chromium" >&2; fi; }
 
 run: install
