@@ -8,6 +8,7 @@ hand requests over under a lock and receive events through their event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -24,6 +25,35 @@ from clawlan.errors import ClawlanError
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Event], None]
+
+
+class Outbox:
+    """Events for asyncio consumers, handed over once per engine step.
+
+    One ``call_soon_threadsafe`` per event loop per step, instead of one per
+    token per stream, keeps the HTTP thread's wake-ups (and its share of the
+    CPU that llama.cpp needs) independent of the number of streams.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Event], Event]]] = {}
+
+    def sink(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Event]) -> Emit:
+        def emit(ev: Event) -> None:
+            self._items.setdefault(loop, []).append((queue, ev))
+
+        return emit
+
+    def flush(self) -> None:
+        items, self._items = self._items, {}
+        for loop, batch in items.items():
+            with contextlib.suppress(RuntimeError):  # the consumer's loop closed; nobody is waiting
+                loop.call_soon_threadsafe(_deliver, batch)
+
+
+def _deliver(batch: list[tuple[asyncio.Queue[Event], Event]]) -> None:
+    for queue, ev in batch:
+        queue.put_nowait(ev)
 
 
 @dataclass
@@ -51,6 +81,7 @@ class Engine:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._outbox = Outbox()
         self.on_step: Callable[[Step, float], None] | None = None
 
     # -- called from any thread ----------------------------------------------
@@ -86,9 +117,8 @@ class Engine:
     # -- asyncio side ----------------------------------------------------------
     async def submit(self, request: Request) -> AsyncIterator[Event]:
         """Run ``request``; yield its events. Leaving the loop early cancels it."""
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.add(request, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
+        self.add(request, self._outbox.sink(asyncio.get_running_loop(), queue))
         done = False
         try:
             while True:
@@ -113,6 +143,7 @@ class Engine:
             self._drain()
             wait = self.scheduler.wait_time(self.clock())
             if wait > 0:
+                self._outbox.flush()
                 with self._cond:
                     if not self._inbox and not self._cancels:
                         self._cond.wait(wait)  # an arrival wakes us early; wait_time is re-checked
@@ -122,7 +153,9 @@ class Engine:
             except Exception as exc:  # never let the engine thread die
                 log.exception("engine step failed")
                 self._fail_all(f"engine error: {exc}")
+            self._outbox.flush()
         self._fail_all("server shutting down")
+        self._outbox.flush()
 
     def _drain(self) -> None:
         with self._cond:

@@ -117,7 +117,9 @@ class Service:
                 if total:
                     wait = min(wait, max(0.001, total / 1000.0 - (time.perf_counter() - start)))
                 try:
-                    ev = await asyncio.wait_for(it.__anext__(), wait)
+                    # asyncio.timeout, not wait_for: no task per token on the hot path.
+                    async with asyncio.timeout(wait):
+                        ev = await anext(it)
                 except TimeoutError:
                     raise RequestTimeout(
                         f"no progress for {wait * 1000:.0f} ms (timeout_ms={self.settings.backend.timeout_ms}); "
