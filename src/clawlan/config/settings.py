@@ -11,7 +11,7 @@ Everything else the seed does not name lives in a ``server`` section (and a
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,6 +55,15 @@ class FrontendSection(Section):
     data_dir: str | None = Field(None, description="where conversations live (SQLite); default: user data dir")
     docs_dir: str | None = Field(None, description="folder of FAQ/policy documents for customer-service mode")
     api_key: str | None = Field(None, description="key sent to the back end when it requires one")
+    segmenter: Literal["jieba", "jieba-full", "bigram"] = Field(
+        "jieba", description="how Chinese text is split for retrieval (docs/frontend.md)"
+    )
+    max_tokens: int = Field(512, ge=1, le=1_000_000, description="longest answer asked of the back end")
+    admin_token: str | None = Field(None, description="token to edit mode prompts from other machines")
+    mdns_interfaces: list[str] = Field(default_factory=list, description="interface addresses to browse; empty: all")
+    request_defaults: dict[str, Any] = Field(
+        default_factory=dict, description="extra fields for every chat request, e.g. temperature"
+    )
 
 
 class ServerSection(Section):

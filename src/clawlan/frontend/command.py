@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -51,15 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--render-mode", choices=["hardware_accelerated", "software"])
     p.add_argument("--data-dir", help="where conversations are kept (SQLite)")
     p.add_argument("--docs-dir", help="FAQ/policy folder for customer-service mode")
-    p.add_argument("--mdns-interface", action="append", default=[], metavar="ADDR",
+    p.add_argument("--mdns-interface", action="append", default=None, metavar="ADDR",
                    help="browse mDNS only on this interface address (repeatable; default: all)")
     # Tests browse a private service type so parallel runs never see each other's servers.
     p.add_argument("--mdns-service-type", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--admin-token", default=os.environ.get("CLAWLAN_FRONT_ADMIN_TOKEN"),
+    p.add_argument("--admin-token", default=None,
                    help="token for editing prompts from other machines (default: only from this box)")
-    p.add_argument("--segmenter", choices=["jieba", "jieba-full", "bigram"], default="jieba",
+    p.add_argument("--segmenter", choices=["jieba", "jieba-full", "bigram"], default=None,
                    help="how Chinese text is split for retrieval (see docs/frontend.md); default jieba")
-    p.add_argument("--max-tokens", type=int, default=512, help="longest answer requested from the back end")
+    p.add_argument("--max-tokens", type=int, default=None, help="longest answer requested from the back end (default 512)")
     p.add_argument("--request-defaults", metavar="JSON", default=None,
                    help='extra fields for every chat request to the back end, e.g. \'{"temperature": 0.3}\'')
     p.add_argument("--kiosk", action="store_true", help="also open a full-screen browser window on the chat")
@@ -81,19 +80,16 @@ def front_config(args: argparse.Namespace):  # noqa: ANN201 - FrontConfig, impor
         "frontend.render_mode": args.render_mode,
         "frontend.data_dir": args.data_dir,
         "frontend.docs_dir": args.docs_dir,
+        "frontend.admin_token": args.admin_token,
+        "frontend.segmenter": args.segmenter,
+        "frontend.max_tokens": args.max_tokens,
+        "frontend.mdns_interfaces": args.mdns_interface,
+        "frontend.request_defaults": _json_object(args.request_defaults),
     }
     loaded = load_settings(args.config, flags)
     for w in loaded.warnings:
         log.warning("%s", w)
-    return FrontConfig.from_settings(
-        loaded.settings.frontend,
-        mdns_interfaces=args.mdns_interface or None,
-        mdns_service_type=args.mdns_service_type,
-        admin_token=args.admin_token,
-        max_tokens=args.max_tokens,
-        segmenter=args.segmenter,
-        request_defaults=_json_object(args.request_defaults),
-    )
+    return FrontConfig.from_settings(loaded.settings.frontend, mdns_service_type=args.mdns_service_type)
 
 
 def _json_object(raw: str | None) -> dict[str, object] | None:
