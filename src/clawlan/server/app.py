@@ -129,7 +129,6 @@ class Service:
                 if ev.token_ids or ev.text:
                     if last is None:
                         self.metrics.ttft.observe(now - start)
-                        self.metrics.queue.observe(now - start)
                     else:
                         self.metrics.itl.observe(now - last)
                     last = now

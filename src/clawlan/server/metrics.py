@@ -112,7 +112,6 @@ class Metrics:
         self.ttft = Histogram("clawlan:time_to_first_token_seconds", "Time to first token", buckets=LATENCY, registry=r)
         self.itl = Histogram("clawlan:inter_token_latency_seconds", "Time between output tokens", buckets=TOKEN_LATENCY, registry=r)
         self.e2e = Histogram("clawlan:e2e_request_latency_seconds", "Request latency", buckets=LATENCY, registry=r)
-        self.queue = Histogram("clawlan:request_queue_time_seconds", "Time before a request's first token", buckets=LATENCY, registry=r)
         self.prompt_tokens = Counter("clawlan:prompt_tokens", "Prompt tokens", registry=r)
         self.generation_tokens = Counter("clawlan:generation_tokens", "Generated tokens", registry=r)
         self.prefix_hits = Counter("clawlan:prefix_cache_hits", "Prompt tokens served from the prefix cache", registry=r)
