@@ -1,6 +1,6 @@
 """OpenClaw-shaped turns against clawlan: cold first turn, then the cached second turn.
 
-    .venv/bin/python bench/openclaw.py
+    .venv/bin/python bench/openclaw.py [--chars 41000]
 
 Starts a clawlan server in-process on the embedded model at its default context,
 sends a ~41k-character system prompt, two user messages (one as text parts) and 12
@@ -56,6 +56,11 @@ def turn(client: openai.OpenAI, messages: list, tools: list, choice: str) -> dic
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chars", type=int, default=41_000, help="system prompt size in characters (OpenClaw: ~41k)")
+    args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
     from clawlan.server.backend import Backend
     from clawlan.server.serving import RunningServer
@@ -69,7 +74,7 @@ def main() -> None:
         client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="k", max_retries=0, timeout=900)
         print(f"default context: {server.backend.plan.max_context} tokens, batch 8")
         messages = [
-            {"role": "system", "content": shape.openclaw_system_prompt()},
+            {"role": "system", "content": shape.openclaw_system_prompt(args.chars)},
             {"role": "user", "content": "Please read the file notes/todo.md and summarise it."},
             {"role": "user", "content": [{"type": "text", "text": "[context] workspace: /home/staff/project"}]},
         ]
