@@ -183,15 +183,12 @@ def iptables_verdicts(rules: str, ports: Iterable[int]) -> dict[int, str]:
         if proto and proto.group(1) not in ("tcp", "all"):
             continue
         rule_list.append((_ports(portspec.group(1)) if portspec else None, target.group(1)))
-    out = {}
-    for port in ports:
-        verdict = policy
-        for covered, target in rule_list:
-            if covered is None or port in covered:
-                verdict = target
-                break
-        out[port] = verdict
-    return out
+    return {port: first_match(rule_list, port, policy) for port in ports}
+
+
+def first_match(rules: list[tuple[set[int] | None, str]], port: int, policy: str) -> str:
+    """The target of the first rule covering ``port`` (None covers every port), else the chain's policy."""
+    return next((target for covered, target in rules if covered is None or port in covered), policy)
 
 
 def nft_verdicts(ruleset: str, ports: Iterable[int]) -> dict[int, str]:
@@ -220,11 +217,7 @@ def nft_verdicts(ruleset: str, ports: Iterable[int]) -> dict[int, str]:
                 continue
             rules.append((_ports(dport.group(1)) if dport else None, m.group(1).upper()))
         for port in out:
-            verdict = policy
-            for covered, target in rules:
-                if covered is None or port in covered:
-                    verdict = target
-                    break
+            verdict = first_match(rules, port, policy)
             if verdict != "ACCEPT":
                 out[port] = verdict  # any input chain that drops it wins
     return out
