@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -153,6 +154,14 @@ class FrontProcess:
                 self.process.wait()
 
 
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when its parent dies, however the parent ends."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def launch(
     config_files: Sequence[str | Path] = (),
     *,
@@ -177,7 +186,7 @@ def launch(
     if port is not None:
         cmd += ["--port", str(port)]
     cmd += list(extra_args)
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     url = f"http://{host}:{port or 8081}/"
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

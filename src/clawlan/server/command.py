@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
 from typing import Any
 
 from clawlan.config import load_settings
@@ -97,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     front = launch(args.config, backend=server.base_url, port=settings.frontend.port)
     print(f"clawlan: API at {server.base_url}/v1 (model {info.path.name}, loading in the background)", flush=True)
     print(f"clawlan: chat at {front.url}", flush=True)
+    # uvicorn shuts down on SIGTERM and then re-raises it; make that an exit, so the front end is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         server.run()
     finally:
