@@ -61,6 +61,7 @@ class Model:
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._banned: np.ndarray | None = None
+        self._keep_special: set[int] = set()
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")
@@ -74,16 +75,26 @@ class Model:
         return list(buf[:n])
 
     def piece(self, token: int) -> bytes:
-        """The bytes a token stands for; control tokens render as nothing."""
+        """The bytes a token stands for; control tokens render as nothing unless kept (see keep_special)."""
         got = self._pieces.get(token)
         if got is None:
+            special = token in self._keep_special
             buf = ctypes.create_string_buffer(64)
-            n = L.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+            n = L.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
             if n < 0:
                 buf = ctypes.create_string_buffer(-n)
-                n = L.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+                n = L.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
             got = self._pieces[token] = buf.raw[:n]
         return got
+
+    def keep_special(self, texts: list[str]) -> list[int]:
+        """Render these special tokens as their text (tool-call markers such as ``<tool_call>``
+        or ``[TOOL_CALLS]``), so the tool-call parser sees them; returns the ids found."""
+        ids = [t for t in (self.token_id(x) for x in texts) if t is not None]
+        for t in ids:
+            self._keep_special.add(t)
+            self._pieces.pop(t, None)
+        return ids
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")

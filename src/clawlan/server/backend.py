@@ -21,6 +21,7 @@ from clawlan.server.chat_template import ChatTemplate, load_template
 
 log = logging.getLogger(__name__)
 MB = 1 << 20
+TOOL_CALL_MARKERS = ["<tool_call>", "</tool_call>", "[TOOL_CALLS]", "[ARGS]", "<|python_tag|>"]
 
 
 @dataclass
@@ -129,6 +130,9 @@ class Backend:
         self.template = load_template(m.chat_template() or info.chat_template, info.architecture, bos, eos)
         ids = (m.token_id(marker) for marker in self.template.stop_markers)
         self.end_of_turn = [i for i in ids if i is not None]
+        # Models whose tool-call markers are single special tokens (Qwen's <tool_call>, Mistral's
+        # [TOOL_CALLS], Llama's <|python_tag|>) must show them, or the parser never sees a call.
+        m.keep_special(TOOL_CALL_MARKERS)
         log.info(
             "model %s (%s, %.0f MB) loaded; context %d tokens per request, KV cache %d tokens = %.0f MB "
             "(budget %.0f MB), batch %d, %d threads, chat template: %s%s",
