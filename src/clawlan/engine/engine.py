@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from clawlan.engine.request import Event, Request
 from clawlan.engine.runner import Runner
@@ -82,6 +83,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._outbox = Outbox()
+        self.context: Any = None  # the llama.cpp context, freed by stop(); None with a fake runner
         self.on_step: Callable[[Step, float], None] | None = None
 
     # -- called from any thread ----------------------------------------------
@@ -105,6 +107,8 @@ class Engine:
             self._cond.notify()
         if self._thread:
             self._thread.join()
+        if self.context is not None:
+            self.context.close()  # the KV cache can be gigabytes: give it back with the engine
 
     @property
     def n_running(self) -> int:
@@ -311,5 +315,5 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
         max_seq_tokens=min(cfg.max_seq_tokens, ctx.n_ctx),
     )
     engine = Engine(sched, LlamaRunner(model, ctx))
-    engine.context = ctx  # type: ignore[attr-defined]
+    engine.context = ctx
     return engine
