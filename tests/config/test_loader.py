@@ -14,7 +14,10 @@ from clawlan.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 NETWORK = ROOT / "examples" / "network_config.json"
 CLAWBOT = ROOT / "examples" / "clawbot_config.json"
-SEED_DIR = Path("/work/shared/seed")
+# CI lays shared/ beside the clone; sessions have it at /work/shared.
+SEED_DIR = next(
+    (p for p in (ROOT.parent / "shared" / "seed", Path("/work/shared/seed")) if p.is_dir()), ROOT.parent / "shared" / "seed"
+)
 
 
 def seed_block(title: str) -> str:
@@ -47,6 +50,14 @@ def test_seed_files_load_as_written():
     assert loaded.sources["backend.service_port"] == f"file {NETWORK}"
     assert loaded.sources["frontend.render_mode"] == f"file {CLAWBOT}"
     assert loaded.sources["server.batch_size"] == "default"
+
+
+def test_lan_example_loads_without_warnings():
+    loaded = load_settings([ROOT / "examples" / "server_lan.json"], env={})
+    s = loaded.settings
+    assert loaded.warnings == []
+    assert s.lan and s.advertise and s.server.api_keys == ["change-me-office-key"]
+    assert s.server.max_context_tokens == 16384 and s.frontend.static_backend == "http://192.168.1.100:8080"
 
 
 def test_defaults_match_the_seed():
