@@ -129,6 +129,8 @@ def test_n_greater_than_one_is_a_clear_400(backend):
         (json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode(), "messages[0].role"),
         (json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode(), "messages[0].content"),
         (json.dumps({}).encode(), "messages"),
+        (json.dumps({"messages": [{"role": "assistant", "content": "x", "tool_calls": "bad"}]}).encode(), "messages[0].tool_calls"),
+        (json.dumps({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": 3}}]}]}).encode(), "messages[0].tool_calls"),
     ],
 )
 def test_malformed_bodies_are_400(backend, body, field):
@@ -139,6 +141,15 @@ def test_malformed_bodies_are_400(backend, body, field):
     if field:
         assert err["param"] == field and field.split("[")[0] in err["message"]
     assert httpx.get(backend.base_url + "/health").status_code == 200  # the server lives on
+
+
+@pytest.mark.parametrize(
+    ("prompt", "words"), [([], "must not be empty"), ([2, 999_999_999], "outside the vocabulary"), (["a", "b"], "more than one")]
+)
+def test_bad_completion_prompts_are_400(backend, prompt, words):
+    r = httpx.post(backend.base_url + "/v1/completions", json={"prompt": prompt, "max_tokens": 2})
+    assert r.status_code == 400 and words in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "prompt"
 
 
 def test_unknown_route_is_json_404(backend):

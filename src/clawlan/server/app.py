@@ -32,6 +32,7 @@ from clawlan.engine.request import Event, SamplingParams
 from clawlan.engine.request import Request as EngineRequest
 from clawlan.errors import ContextLengthExceeded, InvalidRequest, Overloaded, RequestError, RequestTimeout
 from clawlan.server.backend import Backend
+from clawlan.server.chat_template import validate_messages
 from clawlan.server.metrics import Metrics
 from clawlan.server.middleware import ApiKeyMiddleware, ByteCounterMiddleware
 from clawlan.server.schemas import ChatRequest, CompletionRequest, Sampling, parse
@@ -253,6 +254,7 @@ class Service:
 
     def _prompt_messages(self, body: ChatRequest, plan: ToolPlan | None) -> list[dict[str, Any]]:
         """Messages for the template; tool calls and results become text where it has no tool syntax."""
+        validate_messages(body.messages)
         template = self.backend.template
         if plan is not None:
             return plan.prompt_messages(body.messages) if plan.tools or not template.native_tools else body.messages
@@ -264,7 +266,13 @@ class Service:
 
     def _completion_tokens(self, body: CompletionRequest) -> list[int]:
         p = body.prompt
-        if isinstance(p, list) and p and all(isinstance(t, int) for t in p):
+        if isinstance(p, list) and not p:
+            raise InvalidRequest("prompt must not be empty", param="prompt")
+        if isinstance(p, list) and all(isinstance(t, int) for t in p):
+            n_vocab = self.backend.model.n_vocab
+            bad = next((t for t in p if not 0 <= t < n_vocab), None)  # type: ignore[operator]
+            if bad is not None:
+                raise InvalidRequest(f"prompt token id {bad} is outside the vocabulary (0..{n_vocab - 1})", param="prompt")
             return list(p)  # type: ignore[arg-type]
         if isinstance(p, list):
             if len(p) != 1:

@@ -110,18 +110,42 @@ def content_text(content: Any, where: str = "message") -> str:
     raise InvalidRequest(f"{where}.content must be a string or an array of text parts", param=f"{where}.content")
 
 
-def normalize(messages: list[dict[str, Any]], native_tools: bool) -> list[dict[str, Any]]:
-    """Clean messages as described in the module docstring."""
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def validate_messages(messages: list[dict[str, Any]]) -> None:
+    """Check a request's messages before anything reads them; a bad one is a 400 naming it."""
     if not messages:
         raise InvalidRequest("messages must contain at least one message", param="messages")
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if m.get("role") not in ROLES:
+            raise InvalidRequest(f"{where}.role is {m.get('role')!r}; use {', '.join(ROLES)}", param=f"{where}.role")
+        content_text(m.get("content"), where)
+        calls = m.get("tool_calls")
+        if calls is None:
+            continue
+        if not isinstance(calls, list):
+            raise InvalidRequest(f"{where}.tool_calls must be an array", param=f"{where}.tool_calls")
+        for j, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise InvalidRequest(
+                    f"{where}.tool_calls[{j}] must be {{type: 'function', function: {{name, arguments}}}}",
+                    param=f"{where}.tool_calls",
+                )
+            if not isinstance(fn.get("arguments", ""), str | dict):
+                raise InvalidRequest(
+                    f"{where}.tool_calls[{j}].function.arguments must be a JSON string", param=f"{where}.tool_calls"
+                )
+
+
+def normalize(messages: list[dict[str, Any]], native_tools: bool) -> list[dict[str, Any]]:
+    """Clean messages as described in the module docstring (they passed validate_messages)."""
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
-        role = m.get("role")
-        if role == "developer":
-            role = "system"
-        if role not in ("system", "user", "assistant", "tool"):
-            raise InvalidRequest(f"{where}.role is {role!r}; use system, developer, user, assistant or tool", param=f"{where}.role")
+        role = "system" if m.get("role") == "developer" else m.get("role")
         text = content_text(m.get("content"), where)
         msg: dict[str, Any] = {"role": role, "content": text}
         # Templates without tool syntax never see these: clawlan.tools.prompt flattened them to text.
