@@ -33,7 +33,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="clawlan", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = Parser(
+        prog="clawlan",
+        description="clawlan: an office's own AI on its own LAN. One shared model server, many light front ends.",
+        epilog="Start with: clawlan run (back end + chat front end on the embedded model).",
+    )
     parser.add_argument("--version", action="version", version=f"clawlan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMANDS:
