@@ -30,6 +30,7 @@ def test_browser_finds_server_with_txt(serve):
     finally:
         browser.cancel()
         zc.close()
+        server.stop()  # unregister now: later tests browse the same service type
     rec = next(iter(found.values()))
     assert rec.port == server.port and rec.host == "127.0.0.1"
     assert rec.model == "gemma-3-270m" and rec.api == "/v1" and rec.version == __version__
