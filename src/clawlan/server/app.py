@@ -244,13 +244,7 @@ class Service:
             return None
         family = self.backend.template.family
         fields = {"tools", "tool_choice", "parallel_tool_calls", "response_format"}
-        plan = plan_request(body.model_dump(include=fields, exclude_none=True), family if family in FAMILIES else "chatml")
-        if plan.tool_choice == "none" and body.tools and plan.grammar is None:
-            # A model that saw calls in the history may write one anyway: parse it out and drop it,
-            # so call syntax never reaches the content.
-            plan.parse_tool_calls = True
-            plan.drop_calls = True
-        return plan
+        return plan_request(body.model_dump(include=fields, exclude_none=True), family if family in FAMILIES else "chatml")
 
     def _prompt_messages(self, body: ChatRequest, plan: ToolPlan | None) -> list[dict[str, Any]]:
         """Messages for the template; tool calls and results become text where it has no tool syntax."""

@@ -12,7 +12,8 @@ Decoding per case:
 =====================  ===================================  =============
 tool_choice            grammar                              parse calls
 =====================  ===================================  =============
-``none`` / no tools    ``response_format``'s, if any        no
+no tools               ``response_format``'s, if any        no
+``none``               ``response_format``'s, if any        only to drop them
 ``auto``               lazy tool-call grammar (triggered    yes
                        by the family's call opener), or
                        ``response_format``'s if one is set
@@ -144,8 +145,13 @@ def plan_request(body: Mapping[str, Any], family: str) -> ToolPlan:
         raise InvalidRequest("parallel_tool_calls must be a boolean", param="parallel_tool_calls")
     fmt_grammar = response_format_grammar(body.get("response_format"))
 
-    if choice == "none" or not tools:
-        return ToolPlan(family, [], "none" if not tools else choice, parallel, grammar=fmt_grammar)
+    if not tools:
+        return ToolPlan(family, [], "none", parallel, grammar=fmt_grammar)
+    if choice == "none":
+        # A model that saw calls in the history may write one anyway: parse it out and drop it, so
+        # call syntax never reaches the content (unless a response_format grammar already rules it out).
+        known = family in FAMILIES and fmt_grammar is None
+        return ToolPlan(family, [], choice, parallel, grammar=fmt_grammar, parse_tool_calls=known, drop_calls=known)
     if family not in FAMILIES:
         # Only a request that may call tools needs a call syntax; plain chat
         # works with any template.
