@@ -58,6 +58,7 @@ class Model:
         self.size_bytes = L.llama_model_size(self.ptr)
         self.bos = L.llama_vocab_bos(self.vocab)
         self.eos = L.llama_vocab_eos(self.vocab)
+        self.add_bos = self.bos >= 0 and bool(L.llama_vocab_get_add_bos(self.vocab))
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._banned: np.ndarray | None = None

@@ -17,6 +17,7 @@ from clawlan.config import Settings
 from clawlan.errors import ClawlanError, ConfigError
 from clawlan.model.metadata import ModelInfo
 from clawlan.model.store import EMBEDDED_ID, resolve
+from clawlan.ops.planner import max_context
 from clawlan.server.chat_template import ChatTemplate, load_template
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,8 @@ def plan_context(info: ModelInfo, settings: Settings, available: int | None = No
             max_ctx = trained
         kv = s.kv_tokens or max(max_ctx, min(max_ctx * batch, int(budget // per_token)))
     else:
-        fit = int(budget // per_token)
-        max_ctx = min(trained, fit // batch)
+        # The planner's own answer (the one `clawlan plan` prints), for the cache the engine builds.
+        max_ctx = max_context(info, budget, batch, swa_full=True)
         kv = s.kv_tokens or max_ctx * batch
     kv = max(256, (kv + 255) // 256 * 256)
     max_ctx = min(max_ctx, kv)
@@ -153,11 +154,8 @@ class Backend:
         """Tokenize a rendered chat prompt (it carries its own BOS) or a raw completion prompt."""
         m = self.model
         toks = m.tokenize(text, add_special=False, parse_special=True)
-        if m.bos >= 0 and (not toks or toks[0] != m.bos):
-            import llama_cpp
-
-            if llama_cpp.llama_vocab_get_add_bos(m.vocab):
-                toks.insert(0, m.bos)
+        if m.add_bos and (not toks or toks[0] != m.bos):
+            toks.insert(0, m.bos)
         return toks
 
     def close(self) -> None:
