@@ -238,8 +238,12 @@ class Engine:
     def _end(self, seq: Sequence, reason: str, text: str = "", token: int | None = None, error: str | None = None) -> None:
         if seq.status is Status.FINISHED:
             return
-        text += seq.text.flush()
         self.scheduler.finish(seq, reason, self.clock())
+        self._notify(seq, reason, text, token, error)
+
+    def _notify(self, seq: Sequence, reason: str, text: str = "", token: int | None = None, error: str | None = None) -> None:
+        """Free a finished sequence's sampler and send its last event, with usage."""
+        text += seq.text.flush()
         self.runner.release(seq)
         _, emit = self._live.pop(seq.request_id, (seq, None))
         if emit is not None:
@@ -255,7 +259,6 @@ class Engine:
                     completion_tokens=seq.n_generated,
                 )
             )
-        seq.finish_reason = reason
 
     def _emit(self, seq: Sequence, ev: Event) -> None:
         entry = self._live.get(seq.request_id)
@@ -263,11 +266,8 @@ class Engine:
             entry[1](ev)
 
     def _report_dropped(self) -> None:
-        for seq in self.scheduler.dropped:
-            self.runner.release(seq)
-            _, emit = self._live.pop(seq.request_id, (seq, None))
-            if emit is not None:
-                emit(Event(seq.request_id, finish_reason="length", error="the KV cache cannot hold this request"))
+        for seq in self.scheduler.dropped:  # the scheduler already finished them
+            self._notify(seq, "length", error="the KV cache cannot hold this request")
         self.scheduler.dropped.clear()
 
     def _fail_all(self, message: str) -> None:
