@@ -6,6 +6,7 @@ import pytest
 from engine_fakes import FakeClock, FakeMemory, FakeRunner, Harness
 
 from clawlan.engine.engine import Engine
+from clawlan.engine.host_cache import HostCache
 from clawlan.engine.kv_cache import KVCache
 from clawlan.engine.scheduler import Scheduler
 
@@ -19,11 +20,16 @@ def make_harness():
         token_budget: int = 64,
         max_wait_s: float = 0.0,
         max_seq_tokens: int = 100_000,
+        draft_tokens: int = 0,
+        draft_rows: int | None = None,
+        host_bytes: int = 0,
+        mix_prefill: bool = True,
         **runner_kw,
     ) -> Harness:
         mem = FakeMemory()
-        kv = KVCache(n_cells, n_slots or 2 * batch_size, mem)
-        sched = Scheduler(kv, batch_size, token_budget, max_wait_s, max_seq_tokens)
+        kv = KVCache(n_cells, n_slots or 2 * batch_size, mem, HostCache(host_bytes) if host_bytes else None)
+        rows = 2 * batch_size if draft_rows is None else draft_rows
+        sched = Scheduler(kv, batch_size, token_budget, max_wait_s, max_seq_tokens, draft_tokens, rows, mix_prefill)
         runner = FakeRunner(mem, **runner_kw)
         clock = FakeClock()
         return Harness(Engine(sched, runner, clock=clock), sched, kv, mem, runner, clock)
@@ -59,8 +65,9 @@ class RealEngine:
         self.engine.start()
 
     def _count(self, step, seconds) -> None:
+        # Tokens that stayed in the KV cache: a draft's rejected tail was fed but trimmed again.
         for c in step.chunks:
-            self.fed[c.seq.request_id] += c.n
+            self.fed[c.seq.request_id] += c.seq.n_computed - c.start
 
     def run(self, *requests):
         """Run requests concurrently; return each one's list of events."""
@@ -102,7 +109,7 @@ def reference_logits(real_model):
 
     def logits(tokens: list[int]):
         ctx.clear()
-        status, rows = ctx.decode([(0, 0, tokens, True)])
+        status, rows = ctx.decode([(0, 0, tokens, 1)])
         assert status == 0
         return ctx.logits(rows[0]).copy()
 

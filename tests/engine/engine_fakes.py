@@ -33,11 +33,18 @@ def next_token(context: list[int]) -> int:
     return 100 + h % 50
 
 
-def reference(prompt: list[int], max_tokens: int) -> list[int]:
+def repetitive_token(context: list[int]) -> int:
+    """A fake model that mostly repeats itself (as answers quoting their context do), so
+    prompt-lookup drafts are often right and sometimes wrong."""
+    h = next_token(context)
+    return context[-3] if h % 4 and len(context) >= 3 else h
+
+
+def reference(prompt: list[int], max_tokens: int, model=next_token) -> list[int]:
     """What a request produces when run alone with a perfect KV cache."""
     toks = list(prompt)
     for _ in range(max_tokens):
-        toks.append(next_token(toks))
+        toks.append(model(toks))
     return toks[len(prompt) :]
 
 
@@ -61,6 +68,16 @@ class FakeMemory:
         self.kv[dst] = list(self.kv[src][p0:p1])
 
 
+    def seq_save(self, seq_id: int) -> list[int]:
+        self.calls.append(("save", seq_id))
+        return list(self.kv[seq_id])
+
+    def seq_load(self, seq_id: int, data: list[int]) -> bool:
+        self.calls.append(("load", seq_id))
+        self.kv[seq_id] = list(data)
+        return True
+
+
 class FakeRunner:
     """The Runner protocol over :class:`FakeMemory`, fully deterministic.
 
@@ -68,8 +85,9 @@ class FakeRunner:
     on that status nothing is written, as in llama.cpp.
     """
 
-    def __init__(self, mem: FakeMemory, oom=None, status=None) -> None:
+    def __init__(self, mem: FakeMemory, oom=None, status=None, model=next_token) -> None:
         self.mem = mem
+        self.model = model
         self.oom = oom
         self.status = status  # a fixed non-zero status to return, for error tests
         self.steps: list[list[tuple[str, int, int]]] = []  # (request_id, start, n) per chunk
@@ -78,7 +96,7 @@ class FakeRunner:
         self.released: set[str] = set()
         self.oom_steps = 0
 
-    def run(self, step: Step) -> tuple[int, dict[Sequence, int]]:
+    def run(self, step: Step) -> tuple[int, dict[Sequence, list[int]]]:
         if self.status is not None:
             return self.status, {}
         if self.oom is not None and self.oom(step):
@@ -87,14 +105,20 @@ class FakeRunner:
         self.steps.append([(c.seq.request_id, c.start, c.n) for c in step.chunks])
         ids = [c.seq.seq_id for c in step.chunks]
         assert len(ids) == len(set(ids)), "a sequence id appears twice in one batch"
-        sampled: dict[Sequence, int] = {}
+        sampled: dict[Sequence, list[int]] = {}
         for c in step.chunks:
             kv = self.mem.kv[c.seq.seq_id]
             assert len(kv) == c.start, f"{c.seq}: chunk at {c.start} but its KV holds {len(kv)} positions"
             kv.extend(c.tokens)
             self.fed[c.seq.request_id] += c.n
-            if c.wants_logits:
-                sampled[c.seq] = next_token(kv)
+            first_row = c.start + c.n - c.n_logits  # row j sees the KV up to this position + j
+            got = []
+            for j in range(c.n_logits):
+                got.append(self.model(kv[: first_row + 1 + j]))
+                if j == len(c.draft) or got[-1] != c.draft[j]:
+                    break
+            if got:
+                sampled[c.seq] = got
         return 0, sampled
 
     def prepare(self, seq: Sequence) -> None:
@@ -170,7 +194,7 @@ class Harness:
         return finals[0]
 
     def check_reference(self, rid: str, max_tokens: int) -> None:
-        assert self.tokens(rid) == reference(self.prompts[rid], max_tokens), (
+        assert self.tokens(rid) == reference(self.prompts[rid], max_tokens, self.runner.model), (
             f"{rid} output differs from alone"
         )
         fin = self.final(rid)

@@ -312,3 +312,70 @@ def test_seeded_sampling_is_reproducible_in_a_batch(real_model, make_real_engine
     b, c, _ = eng.run(sampled(7), sampled(8), greedy(real_model.tokenize("Other work"), 16))
     assert tokens_of(a) == tokens_of(b) or first_difference(tokens_of(a), tokens_of(b)) >= 4
     assert tokens_of(c) != tokens_of(a)
+
+
+def test_prompt_lookup_drafts_give_plain_decoding_output(real_model, make_real_engine, reference_logits):
+    # Code that repeats itself: the drafts come from the prompt and hold often.
+    p = real_model.tokenize("def add(a, b):\n    return a + b\n\n" * 4 + "def add(")
+    plain = make_real_engine(batch_size=2, kv_tokens=2048, max_seq_tokens=2048, draft_tokens=0)
+    (a,) = plain.run(greedy(p, 48))
+    eng = make_real_engine(batch_size=2, kv_tokens=2048, max_seq_tokens=2048, draft_tokens=4)
+    (b,) = eng.run(greedy(p, 48))
+    assert final(b).completion_tokens == 48
+    assert assert_same_as_alone(reference_logits, p, tokens_of(a), tokens_of(b)) >= 24
+    sched = eng.engine.scheduler
+    assert sched.accepted >= 24, f"only {sched.accepted} of {sched.drafted} draft tokens held"
+    assert plain.engine.scheduler.drafted == 0
+    assert eng.engine.stats.steps < 0.6 * plain.engine.stats.steps
+    assert eng.engine.scheduler.kv.n_used == len(p) + 47  # no rejected draft left in the cache
+
+
+def test_drafts_keep_seeded_sampling_reproducible(real_model, make_real_engine):
+    # Each drafted row is sampled in turn through the same chain, so a seed gives the same
+    # answer with drafts as without (up to batched numerics, as above).
+    p = real_model.tokenize("Monday, Tuesday, Wednesday, Thursday, Friday, Monday, Tuesday,")
+
+    def sampled():
+        return Request(list(p), SamplingParams(max_tokens=24, temperature=0.7, top_k=40, seed=3))
+
+    (a,) = make_real_engine(batch_size=1, kv_tokens=2048, max_seq_tokens=2048, draft_tokens=0).run(sampled())
+    eng = make_real_engine(batch_size=1, kv_tokens=2048, max_seq_tokens=2048, draft_tokens=4)
+    (b,) = eng.run(sampled())
+    assert eng.engine.scheduler.drafted > 0
+    assert tokens_of(a) == tokens_of(b) or first_difference(tokens_of(a), tokens_of(b)) >= 8
+
+
+def test_follow_up_turns_restored_from_host_ram(real_model, make_real_engine, reference_logits):
+    # Longer than Gemma's 512-token sliding window, so a restore must bring back the right window.
+    system = real_model.tokenize("You are the office assistant of Example Ltd. Answer briefly. " * 50)
+    assert len(system) > 600
+    turn1 = system + real_model.tokenize("\nUser: What is two plus two?\nAssistant:", add_special=False)
+    eng = make_real_engine(batch_size=2, kv_tokens=4096, max_seq_tokens=4096)  # host cache on by default
+    (ev1,) = eng.run(greedy(turn1, 8))
+    gen1 = tokens_of(ev1)
+    # Two other sessions start: the conversation leaves the KV cache for host RAM.
+    eng.run(greedy(real_model.tokenize("Other session one"), 4), greedy(real_model.tokenize("Second one"), 4))
+    kv = eng.engine.scheduler.kv
+    assert kv.host is not None and len(kv.host) >= 2  # the conversation, and its prompt
+    assert kv.n_used < len(turn1) and not any(s.tokens[:10] == turn1[:10] for s in kv.slots)
+    cold = make_real_engine(batch_size=1, kv_tokens=4096, max_seq_tokens=4096, host_cache_mb=0)
+
+    def check(turn2, cached):
+        (warm,) = eng.run(greedy(turn2, 8))
+        assert final(warm).cached_tokens == cached
+        (ref,) = cold.run(greedy(turn2, 8))
+        cold.engine.scheduler.kv.evict(cold.engine.scheduler.kv.n_cells)
+        assert final(ref).cached_tokens == 0
+        assert assert_same_as_alone(reference_logits, turn2, tokens_of(ref), tokens_of(warm)) >= 2
+
+    # The next turn continues the saved conversation: all of it but the never-fed last token.
+    follow = real_model.tokenize("\nUser: And three plus three?\nAssistant:", add_special=False)
+    check(turn1 + gen1 + follow, len(turn1) + len(gen1) - 1)
+    restored = kv.host.restored_tokens
+    assert restored == len(turn1) + len(gen1) - 1
+    # An answer re-rendered with other tokens still finds the saved prompt (the request's mark),
+    # also after another session has pushed everything out of the KV cache again.
+    eng.run(greedy(real_model.tokenize("A third session"), 4))
+    edited = real_model.tokenize(" Four, of course.\nUser: Thanks!\nAssistant:", add_special=False)
+    check(turn1 + edited, len(turn1))
+    assert kv.host.restored_tokens == restored + len(turn1)

@@ -76,6 +76,25 @@ def test_chunked_prefill_never_freezes_decoders(make_harness):
     h.check_reference(long, 4)
 
 
+def test_unmixed_steps_alternate_decoders_and_prompt_chunks(make_harness):
+    h = make_harness(batch_size=4, token_budget=16, mix_prefill=False)
+    short = h.submit(prompt(1, 5), max_tokens=60)
+    h.step()
+    h.step()
+    long = h.submit(prompt(2, 100), max_tokens=4)
+    kinds = []
+    while not h.tokens(long):
+        h.step()
+        chunks = h.runner.steps[-1]
+        kinds.append({"decode" if rid == short else "prompt" for rid, _, _ in chunks})
+    # Never both kinds in one step; the decoder waits at most one step for its next token.
+    assert all(len(k) == 1 for k in kinds)
+    assert all(a != b for a, b in zip(kinds, kinds[1:], strict=False))
+    h.run()
+    h.check_reference(short, 60)
+    h.check_reference(long, 4)
+
+
 def test_step_respects_token_budget_with_many_prompts(make_harness):
     h = make_harness(batch_size=8, token_budget=32)
     rids = [h.submit(prompt(i, 20 + 3 * i), max_tokens=6) for i in range(8)]

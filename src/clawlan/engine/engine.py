@@ -204,7 +204,7 @@ class Engine:
                 if c.seq.status is Status.RUNNING:
                     self._end(c.seq, "error", error=f"llama_decode failed with status {status}")
             return
-        self.scheduler.commit(step)
+        self.scheduler.commit(step, sampled)
         # A prompt chunk is progress too: a 15k-token prompt must not look stalled to timeout_ms.
         for c in step.chunks:
             if not c.wants_logits:
@@ -215,33 +215,40 @@ class Engine:
             self.on_step(step, self.clock() - t0)
         self._postprocess(sampled)
 
-    def _postprocess(self, sampled: dict[Sequence, int]) -> None:
+    def _postprocess(self, sampled: dict[Sequence, list[int]]) -> None:
         now = self.clock()
-        for seq, token in sampled.items():
+        for seq, tokens in sampled.items():
             if seq.first_token_time is None:
                 seq.first_token_time = now
                 self.stats.prompt_tokens += seq.n_prompt
                 self.stats.cached_tokens += seq.n_cached or 0
-            reason = self.scheduler.append_token(seq, token, self.runner.is_eog(token))
-            text = ""
-            if reason != "stop":
-                self.stats.generated_tokens += 1
-                text = seq.text.feed(self.runner.piece(token))
-                if seq.text.stopped:
-                    reason = "stop"
-            if reason:
-                # An end-of-generation token is not output; a stop string's token is (its text is cut).
-                self._end(seq, reason, text=text, token=None if not text and reason == "stop" else token)
+            text, emitted = "", []
+            for token in tokens:  # several when a draft held: one event carries them all
+                reason = self.scheduler.append_token(seq, token, self.runner.is_eog(token))
+                if reason != "stop":
+                    self.stats.generated_tokens += 1
+                    emitted.append(token)
+                    text += seq.text.feed(self.runner.piece(token))
+                    if seq.text.stopped:
+                        reason = "stop"
+                if reason:
+                    # An end-of-generation token is not output; a stop string's token is (its text is cut).
+                    self._end(seq, reason, text=text, tokens=emitted)
+                    break
             else:
-                self._emit(seq, Event(seq.request_id, text=text, token_ids=[token]))
+                self._emit(seq, Event(seq.request_id, text=text, token_ids=emitted))
 
-    def _end(self, seq: Sequence, reason: str, text: str = "", token: int | None = None, error: str | None = None) -> None:
+    def _end(
+        self, seq: Sequence, reason: str, text: str = "", tokens: list[int] | None = None, error: str | None = None
+    ) -> None:
         if seq.status is Status.FINISHED:
             return
         self.scheduler.finish(seq, reason, self.clock())
-        self._notify(seq, reason, text, token, error)
+        self._notify(seq, reason, text, tokens, error)
 
-    def _notify(self, seq: Sequence, reason: str, text: str = "", token: int | None = None, error: str | None = None) -> None:
+    def _notify(
+        self, seq: Sequence, reason: str, text: str = "", tokens: list[int] | None = None, error: str | None = None
+    ) -> None:
         """Free a finished sequence's sampler and send its last event, with usage."""
         text += seq.text.flush()
         self.runner.release(seq)
@@ -251,7 +258,7 @@ class Engine:
                 Event(
                     seq.request_id,
                     text=text,
-                    token_ids=[] if token is None else [token],
+                    token_ids=tokens or [],
                     finish_reason=reason,
                     error=error,
                     prompt_tokens=seq.n_prompt,
@@ -286,6 +293,16 @@ class EngineConfig:
     kv_tokens: int = 8192  # KV cells shared by all sequences
     max_seq_tokens: int = 4096  # one request's context
     token_budget: int = 512  # tokens per llama_decode (chunked prefill)
+    # Prompt-lookup drafts (speculative decoding): at most this many guessed tokens per sequence
+    # and step, 0 turns drafting off. The rows of a decode step are capped at 2 x batch_size:
+    # on a CPU every extra output row costs about half a decode row, so one decoder alone
+    # drafts deep and a full batch about one token each (docs/benchmarks.md has the costs).
+    draft_tokens: int = 4
+    # Host RAM for idle prefix-cache entries moved out of the KV cache (see host_cache.py);
+    # 0 keeps them in the KV cache, where they slow every decode's attention.
+    host_cache_mb: int = 2048
+    # Prompt chunks and decode tokens in the same llama_decode (see scheduler.py: slower on CPU).
+    mix_prefill: bool = False
     threads: int = 2
     # Idle prefix-cache entries kept (finished conversations). A slot is only a sequence id, so
     # keep many: KV cells, not slots, should decide what is evicted. Default: 4 x batch, at least 32.
@@ -294,6 +311,7 @@ class EngineConfig:
 
 def build_engine(model: object, cfg: EngineConfig) -> Engine:
     """The real engine: one llama.cpp context over ``model`` (a loaded :class:`~clawlan.engine.llama.Model`)."""
+    from clawlan.engine.host_cache import HostCache
     from clawlan.engine.kv_cache import KVCache
     from clawlan.engine.llama import Context, Model
     from clawlan.engine.runner import LlamaRunner
@@ -306,13 +324,17 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
     # token_budget < n_slots (e.g. --prefill-chunk 16 --batch-size 16) llama.cpp aborted the process.
     budget = max(cfg.token_budget, cfg.batch_size)
     ctx = Context(model, n_ctx=cfg.kv_tokens, n_batch=max(budget, n_slots), n_seq=n_slots, threads=cfg.threads)
-    kv = KVCache(ctx.n_ctx, n_slots, ctx)
+    host = HostCache(cfg.host_cache_mb << 20) if cfg.host_cache_mb > 0 else None
+    kv = KVCache(ctx.n_ctx, n_slots, ctx, host)
     sched = Scheduler(
         kv,
         batch_size=cfg.batch_size,
         token_budget=budget,
         max_wait_s=cfg.max_wait_ms / 1000.0,
         max_seq_tokens=min(cfg.max_seq_tokens, ctx.n_ctx),
+        draft_tokens=cfg.draft_tokens,
+        draft_rows=2 * cfg.batch_size,
+        mix_prefill=cfg.mix_prefill,
     )
     engine = Engine(sched, LlamaRunner(model, ctx))
     engine.context = ctx

@@ -18,22 +18,35 @@ Prefix-cache policy
   many sessions stays cached for all of them.
 * When slot ids or cells run short, idle entries are evicted least recently
   used first. Only then does the scheduler preempt running sequences.
+* With a :class:`~clawlan.engine.host_cache.HostCache`, idle entries leave the
+  KV cache when new work starts (``offload_idle``): each is saved to host RAM,
+  with the beginnings other prompts may want (the request's own prompt, and
+  any prefix shared with another known sequence) saved as entries of their
+  own, and restored when a prompt starts with one of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from clawlan.engine.host_cache import HostCache
+
+MIN_SHARED = 64  # a shared beginning shorter than this recomputes in well under 100 ms: not worth saving
+
 
 class MemoryOps(Protocol):
-    """The two llama.cpp memory calls the cache needs (a fake in unit tests)."""
+    """The llama.cpp memory calls the cache needs (a fake in unit tests)."""
 
     def seq_rm(self, seq_id: int, p0: int, p1: int) -> None: ...
 
     def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
+
+    def seq_save(self, seq_id: int) -> Any: ...  # the sequence's state, or None
+
+    def seq_load(self, seq_id: int, data: Any) -> bool: ...
 
 
 @dataclass
@@ -43,6 +56,7 @@ class Slot:
     cells: list[int] = field(default_factory=list)
     busy: bool = False  # a running sequence owns it
     last_used: float = 0.0
+    marks: set[int] = field(default_factory=set)  # prefix lengths worth saving on their own (a prompt's end)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -61,9 +75,10 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class KVCache:
-    def __init__(self, n_cells: int, n_slots: int, ops: MemoryOps) -> None:
+    def __init__(self, n_cells: int, n_slots: int, ops: MemoryOps, host: HostCache | None = None) -> None:
         self.n_cells = n_cells
         self.ops = ops
+        self.host = host
         self.refs = np.zeros(n_cells, dtype=np.int32)
         self._free: list[int] = list(range(n_cells - 1, -1, -1))
         self.slots = [Slot(i) for i in range(n_slots)]
@@ -108,6 +123,12 @@ class KVCache:
                     best, best_len = s, n
         # At least one prompt token must be computed to get logits for the first sample.
         best_len = min(best_len, len(prompt) - 1)
+        saved = self.host.best(prompt) if self.host is not None else None
+        if saved is not None and len(saved.tokens) > best_len:
+            got = self._restore(saved.tokens, saved.data, now)
+            if got is not None:
+                saved.last_used = now
+                return got
         empty = next((s for s in self.slots if not s.busy and not s.tokens), None)
         if best is not None and not best.busy and best_len == len(best.tokens):
             target = best  # the previous turn of this conversation: extend it in place
@@ -151,6 +172,8 @@ class KVCache:
     def trim(self, seq_id: int, keep: int) -> None:
         """Keep the first ``keep`` tokens of a slot; free the rest here and in llama.cpp."""
         slot = self.slots[seq_id]
+        if keep == 0:
+            slot.marks.clear()
         if keep >= len(slot.tokens):
             return
         self.ops.seq_rm(seq_id, keep, -1)
@@ -158,13 +181,92 @@ class KVCache:
         del slot.cells[keep:]
         del slot.tokens[keep:]
 
-    def release(self, seq_id: int, now: float, keep: bool = True) -> None:
-        """A request is done with its slot; its KV stays as an idle cache entry unless ``keep`` is False."""
+    def release(self, seq_id: int, now: float, keep: bool = True, mark: int | None = None) -> None:
+        """A request is done with its slot; its KV stays as an idle cache entry unless ``keep`` is False.
+
+        ``mark`` is a prefix length worth caching on its own (the request's prompt: the next
+        turn of a chat re-renders the answer, and its tokens may not match the generated ones).
+        """
         slot = self.slots[seq_id]
         slot.busy = False
         slot.last_used = now
+        if mark:
+            slot.marks.add(mark)
         if not keep:
             self.trim(seq_id, 0)
+
+    # -- host RAM -------------------------------------------------------
+    def _restore(self, tokens: list[int], data: Any, now: float) -> tuple[int, int] | None:
+        """Load a saved state into a free slot; (seq_id, tokens restored) or None if it does not fit."""
+        need = len(tokens)
+        if self.n_free < need:
+            self.evict(need)
+        target = next((s for s in self.slots if not s.busy and not s.tokens), None)
+        if target is None:
+            idle = [s for s in self.slots if not s.busy]
+            if not idle:
+                return None
+            target = min(idle, key=lambda s: s.last_used)
+            self.drop(target.seq_id)
+        if self.n_free < need or not self.ops.seq_load(target.seq_id, data):
+            return None
+        target.cells = [self._free.pop() for _ in range(need)]
+        self.refs[np.asarray(target.cells, dtype=np.int64)] += 1
+        target.tokens = list(tokens)
+        target.busy = True
+        target.last_used = now
+        self.hit_tokens += need
+        assert self.host is not None
+        self.host.restored_tokens += need
+        return target.seq_id, need
+
+    def _save(self, slot: Slot, n: int, scratch: Slot | None) -> None:
+        """Save the first ``n`` tokens of an idle slot to host RAM (a prefix goes through ``scratch``)."""
+        assert self.host is not None
+        prefix = slot.tokens[:n]
+        if self.host.has(prefix):
+            return
+        if n == len(slot.tokens):
+            data = self.ops.seq_save(slot.seq_id)
+        elif scratch is not None:
+            # The saved state must end at n: llama.cpp keeps only the last window of sliding-window
+            # layers, counted back from the sequence's end. A prefix copy shares the cells (free).
+            self.ops.seq_cp(slot.seq_id, scratch.seq_id, 0, n)
+            data = self.ops.seq_save(scratch.seq_id)
+            self.ops.seq_rm(scratch.seq_id, 0, -1)
+        else:
+            return
+        if data is not None:
+            self.host.put(prefix, data, slot.last_used)
+
+    def offload_idle(self, others: list[list[int]]) -> None:
+        """Move every idle entry to host RAM, with the beginnings worth keeping on their own.
+
+        Those are the entry's marks (its request's prompt) and the longest and shortest
+        beginnings of at least ``MIN_SHARED`` tokens it shares with another known token list:
+        other slots, host entries and ``others`` (prompts still waiting).
+        """
+        if self.host is None:
+            return
+        idle = [s for s in self.slots if not s.busy and s.tokens]
+        if not idle:
+            return
+        scratch = next((s for s in self.slots if not s.busy and not s.tokens), None)
+        for slot in idle:
+            n = len(slot.tokens)
+            shared = {
+                common_prefix(slot.tokens, t)
+                for t in [s.tokens for s in self.slots if s is not slot] + [e.tokens for e in self.host.entries] + others
+            }
+            shared = {k for k in shared if MIN_SHARED <= k < n}
+            points = {k for k in slot.marks if MIN_SHARED <= k < n}
+            if shared:
+                points |= {min(shared), max(shared)}
+            self._save(slot, n, scratch)
+            for k in sorted(points):
+                self._save(slot, k, scratch)
+            slot.marks.clear()
+            self.drop(slot.seq_id)
 
     def drop(self, seq_id: int) -> None:
         self.trim(seq_id, 0)

@@ -179,16 +179,29 @@ class Context:
     def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
         L.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
 
-    def decode(self, parts: list[tuple[int, int, list[int], bool]]) -> tuple[int, list[int]]:
-        """Decode chunks ``(seq_id, start_pos, tokens, want_logits)`` in one batch.
+    def seq_save(self, seq_id: int) -> np.ndarray | None:
+        """The sequence's KV as bytes (sliding-window layers: their last window only)."""
+        n = L.llama_state_seq_get_size(self.ptr, seq_id)
+        buf = np.empty(n, dtype=np.uint8)
+        got = L.llama_state_seq_get_data(self.ptr, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), n, seq_id)
+        return buf[:got] if got else None
 
-        Returns llama_decode's status and, per chunk that wanted logits, the batch
-        index whose logits to sample from.
+    def seq_load(self, seq_id: int, data: np.ndarray) -> bool:
+        """Put a saved state into ``seq_id``; False if llama.cpp found no room (it then holds nothing)."""
+        ptr = data.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        return L.llama_state_seq_set_data(self.ptr, ptr, data.shape[0], seq_id) != 0
+
+    def decode(self, parts: list[tuple[int, int, list[int], int]]) -> tuple[int, list[int]]:
+        """Decode chunks ``(seq_id, start_pos, tokens, n_logits)`` in one batch.
+
+        A chunk's last ``n_logits`` tokens get output rows (1 to sample the next
+        token, more to check a draft). Returns llama_decode's status and the batch
+        indices of all output rows, in order.
         """
         i = 0
         out: list[int] = []
         seq_id = self.batch.seq_id
-        for sid, start, tokens, want in parts:
+        for sid, start, tokens, n_logits in parts:
             n = len(tokens)
             self._tok[i : i + n] = tokens
             self._pos[i : i + n] = np.arange(start, start + n, dtype=np.int32)
@@ -196,9 +209,9 @@ class Context:
             for j in range(i, i + n):
                 seq_id[j][0] = sid
             i += n
-            if want:
-                self._logits[i - 1] = 1
-                out.append(i - 1)
+            if n_logits:
+                self._logits[i - n_logits : i] = 1
+                out.extend(range(i - n_logits, i))
         self.batch.n_tokens = i
         return L.llama_decode(self.ptr, self.batch), out
 

@@ -43,6 +43,10 @@ class Sequence:
         self.sampler: Any = None  # owned by the runner
         self.text = TextStream(request.params.stop)
         self.first_token_time: float | None = None
+        self.ngrams: Any = None  # the scheduler's NgramIndex over tokens, built on the first draft
+        self.draft_len: int | None = None  # longest draft worth trying now (adapts to acceptance)
+        self.draft_tries = 0  # draft tokens fed for this sequence
+        self.draft_hits = 0  # of them, accepted
 
     @property
     def request_id(self) -> str:

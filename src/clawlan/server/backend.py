@@ -120,6 +120,8 @@ class Backend:
                 kv_tokens=plan.kv_tokens,
                 max_seq_tokens=plan.max_context,
                 token_budget=s.prefill_chunk,
+                draft_tokens=s.draft_tokens,
+                host_cache_mb=s.cache_ram_mb,
                 threads=threads,
             ),
         )

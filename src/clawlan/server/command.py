@@ -25,6 +25,8 @@ FLAG_KEYS = {
     "kv_tokens": "server.kv_tokens",
     "memory_budget_mb": "server.memory_budget_mb",
     "threads": "server.threads",
+    "draft_tokens": "server.draft_tokens",
+    "cache_ram_mb": "server.cache_ram_mb",
     "gpu_layers": "server.gpu_layers",
     "api_key": "server.api_keys",
     "max_connections": "backend.max_connections",
@@ -49,6 +51,8 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-tokens", type=int, help="KV cache cells shared by all sequences")
     p.add_argument("--memory-budget-mb", type=int, help="memory for the KV cache (default: 25%% of free RAM)")
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    p.add_argument("--cache-ram-mb", type=int, help="host RAM for idle prefix-cache entries, 0 keeps them in the KV cache (default 2048)")
+    p.add_argument("--draft-tokens", type=int, help="prompt-lookup draft tokens per step, 0 turns speculation off (default 4)")
     p.add_argument("--gpu-layers", type=int, help="layers to offload to a GPU (-1: all)")
     p.add_argument("--api-key", action="append", help="accepted Bearer key (repeatable)")
     p.add_argument("--max-connections", type=int, help="requests admitted at once (default 100)")

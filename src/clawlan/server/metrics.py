@@ -58,6 +58,14 @@ class EngineCollector(Collector):
         yield GaugeMetricFamily("clawlan:effective_batch_size", "Batch cap after out-of-memory reductions", value=sched.effective_batch)
         yield CounterMetricFamily("clawlan:num_preemptions", "Sequences preempted for KV space", value=sched.preemptions)
         yield CounterMetricFamily("clawlan:out_of_memory", "llama_decode out-of-memory results", value=sched.oom_events)
+        if kv.host is not None:
+            yield GaugeMetricFamily("clawlan:prefix_cache_host_bytes", "Host RAM held by saved prefix-cache entries", value=kv.host.nbytes)
+            yield GaugeMetricFamily("clawlan:prefix_cache_host_entries", "Prefix-cache entries saved in host RAM", value=len(kv.host))
+        # vLLM's speculative-decoding names: acceptance = accepted / draft.
+        yield CounterMetricFamily("clawlan:spec_decode_num_draft_tokens", "Prompt-lookup draft tokens fed", value=sched.drafted)
+        yield CounterMetricFamily(
+            "clawlan:spec_decode_num_accepted_tokens", "Draft tokens the model agreed with", value=sched.accepted
+        )
         yield from gpu_metrics()
 
 
