@@ -317,6 +317,24 @@ def test_max_wait_window(make_harness):
     assert sched.wait_time(h.clock()) == 0.0
 
 
+def test_no_wait_for_a_cached_follow_up_or_a_full_prompt_step(make_harness):
+    h = make_harness(batch_size=4, max_wait_s=0.05, token_budget=64)
+    first = h.submit(prompt(1, 40), max_tokens=3)
+    h.engine._drain()
+    assert h.sched.wait_time(h.clock()) > 0  # a fresh 40-token prompt waits for company
+    h.clock.advance(0.05)
+    h.run()
+    # The next turn of that conversation has 43 of 46 tokens cached: it starts at once.
+    h.submit(prompt(1, 40) + h.tokens(first) + [7, 8, 9], max_tokens=3)
+    h.engine._drain()
+    assert h.sched.wait_time(h.clock()) == 0.0
+    h.run()
+    # A prompt of a whole step (the token budget) has nothing to share a step with.
+    h.submit(prompt(2, 64), max_tokens=3)
+    h.engine._drain()
+    assert h.sched.wait_time(h.clock()) == 0.0
+
+
 def test_max_wait_ends_with_a_full_batch_or_disabled(make_harness):
     h = make_harness(batch_size=2, max_wait_s=0.05)
     h.submit(prompt(1, 10))

@@ -158,6 +158,14 @@ class KVCache:
         self.hit_tokens += best_len
         return target.seq_id, best_len
 
+    def cached_len(self, prompt: list[int]) -> int:
+        """How many of ``prompt``'s tokens ``acquire`` would find cached (a read-only probe)."""
+        n = max((common_prefix(s.tokens, prompt) for s in self.slots if s.tokens), default=0)
+        saved = self.host.best(prompt) if self.host is not None else None
+        if saved is not None:
+            n = max(n, len(saved.tokens))
+        return max(0, min(n, len(prompt) - 1))
+
     def allocate(self, seq_id: int, tokens: list[int]) -> bool:
         """Reserve cells for ``tokens`` appended to the slot; False (and no change) if too few are free."""
         if len(tokens) > len(self._free):

@@ -19,7 +19,7 @@ Policy, in order:
    tokens and is recomputed when readmitted, so it resumes where it stopped.
 5. **max_wait_ms**: when the engine is idle and a request arrives, it waits
    up to that long (or until a full batch is waiting) so arrivals prefill
-   together.
+   together; not for a prompt that fills a step alone or is mostly cached.
 6. **Out of memory**: when ``llama_decode`` finds no room, the effective
    batch drops by one (the seed's "lower batch_size step by step from 8"),
    the newest sequence is preempted, and the step is retried.
@@ -127,7 +127,13 @@ class Scheduler:
             return 0.0
         if len(self.waiting) >= self.effective_batch:
             return 0.0
-        return max(0.0, self.waiting[0].arrival + self.max_wait_s - now)
+        head = self.waiting[0]
+        # Waiting only pays when arrivals can share a prompt step: not for a prompt that fills a
+        # step by itself, nor for a follow-up turn whose prompt is mostly cached (a few tokens to
+        # compute; the wait would be most of its time to first token).
+        if len(head.tokens) >= self.token_budget or 2 * self.kv.cached_len(head.tokens) >= len(head.tokens):
+            return 0.0
+        return max(0.0, head.arrival + self.max_wait_s - now)
 
     # -- the step -------------------------------------------------------
     def schedule(self, now: float) -> Step:
