@@ -361,21 +361,22 @@ def test_follow_up_turns_restored_from_host_ram(real_model, make_real_engine, re
     cold = make_real_engine(batch_size=1, kv_tokens=4096, max_seq_tokens=4096, host_cache_mb=0)
 
     def check(turn2, cached):
-        (warm,) = eng.run(greedy(turn2, 8))
+        (warm,) = eng.run(greedy(turn2, 16))
         assert final(warm).cached_tokens == cached
-        (ref,) = cold.run(greedy(turn2, 8))
+        (ref,) = cold.run(greedy(turn2, 16))
         cold.engine.scheduler.kv.evict(cold.engine.scheduler.kv.n_cells)
         assert final(ref).cached_tokens == 0
-        assert assert_same_as_alone(reference_logits, turn2, tokens_of(ref), tokens_of(warm)) >= 2
+        # A missing window changes what the sliding-window layers see: the answer drifts early.
+        assert assert_same_as_alone(reference_logits, turn2, tokens_of(ref), tokens_of(warm)) >= 12
 
     # The next turn continues the saved conversation: all of it but the never-fed last token.
     follow = real_model.tokenize("\nUser: And three plus three?\nAssistant:", add_special=False)
     check(turn1 + gen1 + follow, len(turn1) + len(gen1) - 1)
     restored = kv.host.restored_tokens
     assert restored == len(turn1) + len(gen1) - 1
-    # An answer re-rendered with other tokens still finds the saved prompt (the request's mark),
-    # also after another session has pushed everything out of the KV cache again.
-    eng.run(greedy(real_model.tokenize("A third session"), 4))
+    # An answer re-rendered with other tokens still finds the saved prompt (the request's mark).
+    # The restored conversation, idle in KV, also begins with turn1 but cannot be cut back to it
+    # (its sliding-window layers hold only the last window): the host entry serves it instead.
     edited = real_model.tokenize(" Four, of course.\nUser: Thanks!\nAssistant:", add_special=False)
     check(turn1 + edited, len(turn1))
     assert kv.host.restored_tokens == restored + len(turn1)

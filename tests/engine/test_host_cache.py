@@ -116,3 +116,29 @@ def test_follow_up_after_other_sessions_comes_from_host_through_the_engine(make_
     assert h.final(b).cached_tokens == len(conv) + len(h.tokens(a)) - 1
     for rid in [a, *others]:
         assert h.final(rid).finish_reason == "length"
+
+
+def test_a_restored_entry_is_never_cut_back_below_what_it_restored():
+    # llama.cpp restores sliding-window layers with their last window only, so a restored
+    # sequence may be continued at its end but not cut back and continued earlier.
+    mem = FakeMemory()
+    kv = KVCache(4096, 8, mem, HostCache(1 << 30))
+    conv = list(range(1000, 1300))
+    a = fill(kv, mem, conv, now=1)
+    kv.release(a, now=2)
+    b = fill(kv, mem, [5] * 80, now=3)  # new work: the conversation moves to host RAM
+    kv.offload_idle(others=[])
+    kv.release(b, now=4, keep=False)
+    sid, cached = kv.acquire(conv + [1, 2, 3], now=5)
+    assert cached == len(conv) and kv.slots[sid].floor == len(conv) - 1
+    assert kv.allocate(sid, [1, 2, 3]) and mem.kv[sid].extend([1, 2, 3]) is None
+    kv.release(sid, now=6)
+    # A prompt that leaves the restored conversation inside it finds no usable KV prefix...
+    assert kv.cached_len(conv[:200] + [9, 9]) == 0
+    sid2, cached = kv.acquire(conv[:200] + [9, 9], now=7)
+    assert cached == 0 and sid2 != sid
+    # ...while its end, or beyond, is still served in place.
+    kv.release(sid2, now=8, keep=False)
+    sid3, cached = kv.acquire(conv + [1, 2, 3, 4], now=9)
+    assert (sid3, cached) == (sid, len(conv) + 3)
+    mirror_ok(kv, mem)

@@ -57,6 +57,9 @@ class Slot:
     busy: bool = False  # a running sequence owns it
     last_used: float = 0.0
     marks: set[int] = field(default_factory=set)  # prefix lengths worth saving on their own (a prompt's end)
+    # The slot's KV may be cut back to ``floor`` tokens or more, not fewer: a state restored from
+    # host RAM brings sliding-window layers only their last window, so their older history is gone.
+    floor: int = 0
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -117,12 +120,10 @@ class KVCache:
         """Give ``prompt`` a slot; return (seq_id, tokens already in its KV) or None if none is free."""
         best, best_len = None, 0
         for s in self.slots:
-            if s.tokens:
-                n = common_prefix(s.tokens, prompt)
-                if n > best_len:
-                    best, best_len = s, n
-        # At least one prompt token must be computed to get logits for the first sample.
-        best_len = min(best_len, len(prompt) - 1)
+            # At least one prompt token must be computed to get logits for the first sample.
+            n = self._usable(s, prompt)
+            if n > best_len:
+                best, best_len = s, n
         saved = self.host.best(prompt) if self.host is not None else None
         if saved is not None and len(saved.tokens) > best_len:
             got = self._restore(saved.tokens, saved.data, now)
@@ -149,6 +150,7 @@ class KVCache:
             self.ops.seq_cp(best.seq_id, target.seq_id, 0, best_len)
             target.tokens = best.tokens[:best_len]
             target.cells = best.cells[:best_len]
+            target.floor = best.floor  # the copy has the same gaps
             self.refs[np.asarray(target.cells, dtype=np.int64)] += 1
         else:
             self.trim(target.seq_id, 0)
@@ -158,9 +160,16 @@ class KVCache:
         self.hit_tokens += best_len
         return target.seq_id, best_len
 
+    def _usable(self, slot: Slot, prompt: list[int]) -> int:
+        """Tokens of ``prompt`` that ``slot``'s KV can serve (0 if the match ends below its floor)."""
+        if not slot.tokens:
+            return 0
+        n = min(common_prefix(slot.tokens, prompt), len(prompt) - 1)
+        return n if n >= slot.floor else 0
+
     def cached_len(self, prompt: list[int]) -> int:
         """How many of ``prompt``'s tokens ``acquire`` would find cached (a read-only probe)."""
-        n = max((common_prefix(s.tokens, prompt) for s in self.slots if s.tokens), default=0)
+        n = max((self._usable(s, prompt) for s in self.slots), default=0)
         saved = self.host.best(prompt) if self.host is not None else None
         if saved is not None:
             n = max(n, len(saved.tokens))
@@ -182,8 +191,10 @@ class KVCache:
         slot = self.slots[seq_id]
         if keep == 0:
             slot.marks.clear()
+            slot.floor = 0
         if keep >= len(slot.tokens):
             return
+        assert keep == 0 or keep >= slot.floor, f"cutting slot {seq_id} to {keep} tokens, below its floor {slot.floor}"
         self.ops.seq_rm(seq_id, keep, -1)
         self._release_cells(slot.cells[keep:])
         del slot.cells[keep:]
@@ -221,6 +232,7 @@ class KVCache:
         target.cells = [self._free.pop() for _ in range(need)]
         self.refs[np.asarray(target.cells, dtype=np.int64)] += 1
         target.tokens = list(tokens)
+        target.floor = max(0, need - 1)  # a query at need - 1 still finds its whole window
         target.busy = True
         target.last_used = now
         self.hit_tokens += need
@@ -232,8 +244,8 @@ class KVCache:
         """Save the first ``n`` tokens of an idle slot to host RAM (a prefix goes through ``scratch``)."""
         assert self.host is not None
         prefix = slot.tokens[:n]
-        if self.host.has(prefix):
-            return
+        if n < slot.floor or self.host.has(prefix):
+            return  # below the floor the sliding-window history is missing: such a save would be wrong
         if n == len(slot.tokens):
             data = self.ops.seq_save(slot.seq_id)
         elif scratch is not None:
