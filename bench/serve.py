@@ -9,8 +9,10 @@ llama-cpp-python (``/work/shared/peers/build-llama-server.sh``; ~8 minutes on 2 
 servers run the same kernels and the difference is the serving layer. Both get the same
 settings: 8 parallel sequences, a 16,384-cell KV cache, 2 threads.
 
-All measuring is :mod:`clawlan.ops.bench` (the ``clawlan bench`` command); this script only
-starts and stops the servers. Results go to bench/results/ as JSON and PNG.
+All measuring over HTTP is :mod:`clawlan.ops.bench` (the ``clawlan bench`` command); this
+script starts and stops the servers, then runs the single-stream workload once more through
+clawlan's engine alone (no HTTP) for the in-process comparison. Results go to bench/results/
+as JSON and PNG.
 """
 
 from __future__ import annotations
@@ -65,6 +67,44 @@ def server(
                 proc.kill()
 
 
+def in_process(model: Path, w: Workload, args: argparse.Namespace, n: int) -> dict[str, float]:
+    """Single-stream TTFT and TPOT of the same workload through the engine alone (no HTTP), for
+    the "HTTP decode >= 0.95x in process" check: same prompts' length, output length, settings."""
+    import asyncio
+    import statistics
+
+    from clawlan.engine.engine import EngineConfig, build_engine
+    from clawlan.engine.llama import Model
+    from clawlan.engine.request import Request, SamplingParams
+    from clawlan.ops.bench import PromptMaker
+
+    m = Model(model)
+    eng = build_engine(
+        m,
+        EngineConfig(batch_size=args.parallel, kv_tokens=args.kv_tokens, max_seq_tokens=args.kv_tokens // args.parallel,
+                     threads=args.threads),
+    )  # fmt: skip
+    eng.start()
+    pm = PromptMaker(seed=1)
+
+    async def one(prompt: str) -> tuple[float, float]:
+        params = SamplingParams(max_tokens=w.output_tokens, temperature=0.0, ignore_eos=True)
+        t0 = time.perf_counter()
+        first, tokens = 0.0, 0
+        async for ev in eng.submit(Request(m.tokenize(prompt), params)):
+            if ev.token_ids and not first:
+                first = time.perf_counter()
+            tokens += len(ev.token_ids)
+        return (first - t0) * 1000, (time.perf_counter() - first) * 1000 / (tokens - 1)
+
+    try:
+        runs = [asyncio.run(one(pm.prompt(w.input_tokens))) for _ in range(n)]
+    finally:
+        eng.stop()
+        m.close()
+    return {"ttft_p50_ms": statistics.median(r[0] for r in runs), "tpot_p50_ms": statistics.median(r[1] for r in runs)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="GGUF model (default: the embedded Gemma 3 270M)")
@@ -81,6 +121,7 @@ def main() -> int:
     ap.add_argument("--switch-sessions", type=int, default=3)
     ap.add_argument("--port", type=int, default=8180, help="clawlan's port; the peer gets the next one")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--no-in-process", action="store_true", help="skip the single-stream run through the engine alone")
     args = ap.parse_args()
     # A SIGTERM (a CI timeout, kill PID) must still stop the servers this script started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -130,13 +171,29 @@ def main() -> int:
         bar.total = bench.total_requests(len(urls))
         results = bench.run(urls)
         bar.close()
+    inproc = None
+    if args.only != "peer" and not args.no_in_process and 1 in w.concurrency:
+        inproc = in_process(model, w, args, n=max(4, 2 * args.requests_per_client))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     j = write_json(results, w, out / f"serve-{stamp}.json")
+    if inproc is not None:
+        import json
+
+        data = json.loads(j.read_text())
+        data["in_process_single_stream"] = inproc
+        j.write_text(json.dumps(data, indent=2))
     png = plot(results, out / f"serve-{stamp}.png")
     print(table(results))
     if len(results) == 2:
         print()
         print(ratio_table(results[0], results[1]))
+    if inproc is not None:
+        http = next(r for r in results[0].rounds if r.concurrency == 1).tpot_ms["median"]
+        print(
+            f"\nsingle stream, same workload in process (engine alone): TTFT p50 {inproc['ttft_p50_ms']:.0f} ms, "
+            f"TPOT p50 {inproc['tpot_p50_ms']:.1f} ms; through HTTP {http:.1f} ms = "
+            f"{inproc['tpot_p50_ms'] / http:.2f}x the in-process decode speed"
+        )
     print(f"\nwrote {j} and {png}")
     return 0
 
