@@ -8,7 +8,10 @@ the engine thread never blocks on metrics.
 for the memory clawlan manages: the share of occupied KV cells that no running
 sequence uses (they belong only to idle prefix-cache entries, and are freed
 when space is needed). The seed's advice is to keep it under 15%; a high value
-with many waiting requests means the cache holds stale conversations.
+with many waiting requests means the cache holds stale conversations. With the
+host-RAM prefix cache on (``server.cache_ram_mb``), idle entries leave the KV
+cache whenever new work starts, so the value stays near 0 under load;
+``clawlan:prefix_cache_host_bytes`` shows what they hold in RAM instead.
 """
 
 from __future__ import annotations
