@@ -138,9 +138,6 @@ class Scheduler:
     # -- the step -------------------------------------------------------
     def schedule(self, now: float) -> Step:
         self._admit(now)
-        step = Step()
-        budget = self.token_budget
-        # Decoders first, oldest first: one token each, plus a draft where one is worth it.
         decoders = sorted((s for s in self.running if s.decoding), key=lambda s: s.order)
         prompts = sorted((s for s in self.running if not s.decoding), key=lambda s: s.order)
         if decoders and prompts and not self.mix_prefill:
@@ -149,6 +146,14 @@ class Scheduler:
                 decoders = []
             else:
                 prompts = []
+        step = Step()
+        budget = self._add_decoders(step, decoders, self.token_budget)
+        self._add_prompt_chunks(step, prompts, budget)
+        return step
+
+    def _add_decoders(self, step: Step, decoders: list[Sequence], budget: int) -> int:
+        """Oldest first: each decoder's pending token, plus a draft where one is worth it.
+        Returns the token budget left."""
         spare = max(0, self.draft_rows - len(decoders))
         for i, seq in enumerate(decoders):
             if seq.status is not Status.RUNNING:
@@ -162,7 +167,10 @@ class Scheduler:
             step.chunks.append(Chunk(seq, seq.n_computed, 1 + len(draft), draft))
             budget -= 1 + len(draft)
             spare -= len(draft)
-        # Then prompt chunks, oldest first, within the remaining budget.
+        return budget
+
+    def _add_prompt_chunks(self, step: Step, prompts: list[Sequence], budget: int) -> None:
+        """Oldest first, prompt chunks within the remaining budget."""
         for seq in prompts:
             if budget <= 0:
                 break
@@ -180,7 +188,6 @@ class Scheduler:
             self._allocate(seq, n)
             step.chunks.append(Chunk(seq, seq.n_computed, n))
             budget -= n
-        return step
 
     def _admit(self, now: float) -> None:
         admitted = False
