@@ -300,7 +300,7 @@ def test_shared_prefix_copied_from_a_running_sequence(real_model, make_real_engi
     assert_same_as_alone(reference_logits, qb, solo[1], tokens_of(b_events))
 
 
-def test_seeded_sampling_is_reproducible_in_a_batch(real_model, make_real_engine):
+def test_seeded_sampling_is_reproducible_in_a_batch(real_model, make_real_engine, reference_logits):
     eng = make_real_engine(batch_size=4, kv_tokens=2048, max_seq_tokens=2048)
     p = real_model.tokenize("Ideas for the office party:")
 
@@ -310,8 +310,15 @@ def test_seeded_sampling_is_reproducible_in_a_batch(real_model, make_real_engine
     (a,) = eng.run(sampled(7))
     # The same seed again, now batched beside other requests, with the prompt in the prefix cache.
     b, c, _ = eng.run(sampled(7), sampled(8), greedy(real_model.tokenize("Other work"), 16))
-    assert tokens_of(a) == tokens_of(b) or first_difference(tokens_of(a), tokens_of(b)) >= 4
-    assert tokens_of(c) != tokens_of(a)
+    ta, tb = tokens_of(a), tokens_of(b)
+    k = first_difference(ta, tb)
+    if k < len(ta):
+        # Batched numerics move the sampling distribution's cumulative boundaries a little; where
+        # it is flat (a base model at temperature 1) the same random draw can then land on a
+        # neighbouring token of about the same probability. Wrong KV would not stay that close.
+        lg = reference_logits(p + ta[:k])
+        assert k >= 2 and abs(float(lg[ta[k]]) - float(lg[tb[k]])) < TIE, (k, ta, tb)
+    assert tokens_of(c) != ta
 
 
 def test_prompt_lookup_drafts_give_plain_decoding_output(real_model, make_real_engine, reference_logits):

@@ -214,6 +214,8 @@ class Engine:
         if self.on_step:
             self.on_step(step, self.clock() - t0)
         self._postprocess(sampled)
+        self._outbox.flush()  # first tokens go out before the housekeeping below
+        self.scheduler.offload_idle()
 
     def _postprocess(self, sampled: dict[Sequence, list[int]]) -> None:
         now = self.clock()
