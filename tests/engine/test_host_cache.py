@@ -142,3 +142,21 @@ def test_a_restored_entry_is_never_cut_back_below_what_it_restored():
     sid3, cached = kv.acquire(conv + [1, 2, 3, 4], now=9)
     assert (sid3, cached) == (sid, len(conv) + 3)
     mirror_ok(kv, mem)
+
+
+def test_an_entry_a_running_sequence_mostly_shares_stays_in_kv():
+    # The previous turn of a conversation that continues in a new slot shares almost all its
+    # cells with it: moving it out would cost a full copy and shrink the scan by a few cells.
+    mem = FakeMemory()
+    kv = KVCache(4096, 8, mem, HostCache(1 << 30))
+    turn1 = list(range(1000, 1400))
+    a = fill(kv, mem, turn1 + [1, 2], now=1)
+    kv.release(a, now=2)
+    b = fill(kv, mem, turn1 + [7, 7, 7], now=3)  # diverges near the end: shares 400 of 402 cells
+    kv.offload_idle(others=[])
+    assert kv.slots[a].tokens == turn1 + [1, 2] and len(kv.host) == 0
+    assert kv.slots[b].busy
+    # Once the sharer is gone, the entry widens the scan on its own and does move.
+    kv.release(b, now=4, keep=False)
+    kv.offload_idle(others=[])
+    assert not kv.slots[a].tokens and kv.host.has(turn1 + [1, 2])

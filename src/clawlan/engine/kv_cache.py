@@ -259,6 +259,10 @@ class KVCache:
         if data is not None:
             self.host.put(prefix, data, slot.last_used)
 
+    def _own_cells(self, slot: Slot) -> int:
+        """Cells no other slot holds: what dropping this slot would take out of the scan."""
+        return int(np.count_nonzero(self.refs[np.asarray(slot.cells, dtype=np.int64)] == 1))
+
     def offload_idle(self, others: list[list[int]]) -> None:
         """Move every idle entry to host RAM, with the beginnings worth keeping on their own.
 
@@ -268,7 +272,10 @@ class KVCache:
         """
         if self.host is None:
             return
-        idle = [s for s in self.slots if not s.busy and s.tokens]
+        # Only entries that widen the scan go: one whose cells a running sequence mostly shares
+        # (the previous turn of a conversation now continuing) costs the scan almost nothing,
+        # and saving it would copy its whole state (12k tokens: ~100 MB) for no gain.
+        idle = [s for s in self.slots if not s.busy and s.tokens and self._own_cells(s) * 4 >= len(s.cells)]
         if not idle:
             return
         scratch = next((s for s in self.slots if not s.busy and not s.tokens), None)
