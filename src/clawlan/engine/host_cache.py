@@ -41,7 +41,7 @@ class HostCache:
         self.capacity = capacity
         self.entries: list[Saved] = []
         self.nbytes = 0
-        self.restored_tokens = 0  # prompt tokens served from here, for metrics
+        self.restored_tokens = 0  # prompt tokens served from here (hit_tokens counts them too)
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from clawlan.engine.host_cache import HostCache
+from clawlan.engine.host_cache import HostCache, Saved
 
 MIN_SHARED = 64  # a shared beginning shorter than this recomputes in well under 100 ms: not worth saving
 
@@ -118,31 +118,24 @@ class KVCache:
     # -- slots ----------------------------------------------------------
     def acquire(self, prompt: list[int], now: float) -> tuple[int, int] | None:
         """Give ``prompt`` a slot; return (seq_id, tokens already in its KV) or None if none is free."""
-        best, best_len = None, 0
-        for s in self.slots:
-            # At least one prompt token must be computed to get logits for the first sample.
-            n = self._usable(s, prompt)
-            if n > best_len:
-                best, best_len = s, n
-        saved = self.host.best(prompt) if self.host is not None else None
+        best, best_len = self._best_slot(prompt)
+        saved = self._best_saved(prompt)
         if saved is not None and len(saved.tokens) > best_len:
             got = self._restore(saved.tokens, saved.data, now)
             if got is not None:
                 saved.last_used = now
                 return got
-        empty = next((s for s in self.slots if not s.busy and not s.tokens), None)
         if best is not None and not best.busy and best_len == len(best.tokens):
             target = best  # the previous turn of this conversation: extend it in place
-        elif empty is not None:
+        elif (empty := self._empty_slot()) is not None:
             target = empty
         elif best is not None and not best.busy:
             target = best
         else:
-            idle = [s for s in self.slots if not s.busy]
-            if not idle:
+            spare = self._spare_slot()
+            if spare is None:
                 return None
-            target = min(idle, key=lambda s: s.last_used)
-            self.drop(target.seq_id)
+            target = spare
         if target is best:
             self.trim(target.seq_id, best_len)
         elif best is not None and best_len > 0:
@@ -161,19 +154,45 @@ class KVCache:
         return target.seq_id, best_len
 
     def _usable(self, slot: Slot, prompt: list[int]) -> int:
-        """Tokens of ``prompt`` that ``slot``'s KV can serve (0 if the match ends below its floor)."""
+        """Tokens of ``prompt`` that ``slot``'s KV can serve (0 if the match ends below its floor).
+        At least one prompt token is left to compute, to get logits for the first sample."""
         if not slot.tokens:
             return 0
         n = min(common_prefix(slot.tokens, prompt), len(prompt) - 1)
         return n if n >= slot.floor else 0
 
+    def _best_slot(self, prompt: list[int]) -> tuple[Slot | None, int]:
+        """The slot whose KV serves the most of ``prompt``, and how much (None, 0 if none does)."""
+        best, best_len = None, 0
+        for s in self.slots:
+            n = self._usable(s, prompt)
+            if n > best_len:
+                best, best_len = s, n
+        return best, best_len
+
+    def _best_saved(self, prompt: list[int]) -> Saved | None:
+        return self.host.best(prompt) if self.host is not None else None
+
+    def _empty_slot(self) -> Slot | None:
+        return next((s for s in self.slots if not s.busy and not s.tokens), None)
+
+    def _spare_slot(self) -> Slot | None:
+        """An empty slot, else the least recently used idle one emptied; None if all are busy."""
+        empty = self._empty_slot()
+        if empty is not None:
+            return empty
+        idle = [s for s in self.slots if not s.busy]
+        if not idle:
+            return None
+        target = min(idle, key=lambda s: s.last_used)
+        self.drop(target.seq_id)
+        return target
+
     def cached_len(self, prompt: list[int]) -> int:
         """How many of ``prompt``'s tokens ``acquire`` would find cached (a read-only probe)."""
-        n = max((self._usable(s, prompt) for s in self.slots), default=0)
-        saved = self.host.best(prompt) if self.host is not None else None
-        if saved is not None:
-            n = max(n, len(saved.tokens))
-        return max(0, min(n, len(prompt) - 1))
+        _, n = self._best_slot(prompt)
+        saved = self._best_saved(prompt)
+        return max(n, len(saved.tokens)) if saved is not None else n
 
     def allocate(self, seq_id: int, tokens: list[int]) -> bool:
         """Reserve cells for ``tokens`` appended to the slot; False (and no change) if too few are free."""
@@ -218,20 +237,11 @@ class KVCache:
     def _restore(self, tokens: list[int], data: Any, now: float) -> tuple[int, int] | None:
         """Load a saved state into a free slot; (seq_id, tokens restored) or None if it does not fit."""
         need = len(tokens)
-        if self.n_free < need:
-            self.evict(need)
-        target = next((s for s in self.slots if not s.busy and not s.tokens), None)
-        if target is None:
-            idle = [s for s in self.slots if not s.busy]
-            if not idle:
-                return None
-            target = min(idle, key=lambda s: s.last_used)
-            self.drop(target.seq_id)
-        if self.n_free < need or not self.ops.seq_load(target.seq_id, data):
+        self.evict(need)
+        target = self._spare_slot()
+        if target is None or self.n_free < need or not self.ops.seq_load(target.seq_id, data):
             return None
-        target.cells = [self._free.pop() for _ in range(need)]
-        self.refs[np.asarray(target.cells, dtype=np.int64)] += 1
-        target.tokens = list(tokens)
+        self.allocate(target.seq_id, tokens)
         target.floor = max(0, need - 1)  # a query at need - 1 still finds its whole window
         target.busy = True
         target.last_used = now
@@ -278,7 +288,7 @@ class KVCache:
         idle = [s for s in self.slots if not s.busy and s.tokens and self._own_cells(s) * 4 >= len(s.cells)]
         if not idle:
             return
-        scratch = next((s for s in self.slots if not s.busy and not s.tokens), None)
+        scratch = self._empty_slot()
         for slot in idle:
             n = len(slot.tokens)
             shared = {
@@ -292,7 +302,6 @@ class KVCache:
             self._save(slot, n, scratch)
             for k in sorted(points):
                 self._save(slot, k, scratch)
-            slot.marks.clear()
             self.drop(slot.seq_id)
 
     def drop(self, seq_id: int) -> None:

@@ -54,9 +54,7 @@ class Chunk:
 
     @property
     def tokens(self) -> list[int]:
-        if self.draft:
-            return self.seq.tokens[self.start :] + self.draft
-        return self.seq.tokens[self.start : self.start + self.n]
+        return self.seq.tokens[self.start : self.start + self.n - len(self.draft)] + self.draft
 
     @property
     def wants_logits(self) -> bool:
@@ -172,9 +170,10 @@ class Scheduler:
             draft = self._draft(seq, min(spare // left, budget - left))
             if len(draft) + left > self.kv.n_free:
                 draft = []  # drafting must never evict a cache entry or preempt a sequence
-            if not self._reserve(seq, 1 + len(draft), step, tokens=seq.tokens[-1:] + draft):
+            chunk = Chunk(seq, seq.n_computed, 1 + len(draft), draft)
+            if not self._reserve(seq, chunk.tokens, step):
                 continue
-            step.chunks.append(Chunk(seq, seq.n_computed, 1 + len(draft), draft))
+            step.chunks.append(chunk)
             budget -= 1 + len(draft)
             spare -= len(draft)
         return budget
@@ -195,8 +194,9 @@ class Scheduler:
                 n = min(seq.n_pending, budget, self.kv.n_free)
                 if n <= 0:
                     continue
-            self._allocate(seq, n)
-            step.chunks.append(Chunk(seq, seq.n_computed, n))
+            chunk = Chunk(seq, seq.n_computed, n)
+            self._allocate(seq, chunk.tokens)
+            step.chunks.append(chunk)
             budget -= n
 
     def _admit(self, now: float) -> None:
@@ -223,15 +223,15 @@ class Scheduler:
         if admitted:
             self._offload_due = True
 
-    def _allocate(self, seq: Sequence, n: int, tokens: list[int] | None = None) -> None:
+    def _allocate(self, seq: Sequence, tokens: list[int]) -> None:
         assert seq.seq_id is not None
-        ok = self.kv.allocate(seq.seq_id, tokens or seq.tokens[seq.n_computed : seq.n_computed + n])
+        ok = self.kv.allocate(seq.seq_id, tokens)
         assert ok, "cells were checked before allocating"
 
-    def _reserve(self, seq: Sequence, n: int, step: Step, tokens: list[int] | None = None) -> bool:
-        if not self.kv.evict(n) and not self._make_room(seq, n, step):
+    def _reserve(self, seq: Sequence, tokens: list[int], step: Step) -> bool:
+        if not self.kv.evict(len(tokens)) and not self._make_room(seq, len(tokens), step):
             return False
-        self._allocate(seq, n, tokens)
+        self._allocate(seq, tokens)
         return True
 
     def _draft(self, seq: Sequence, rows: int) -> list[int]:
@@ -240,8 +240,7 @@ class Scheduler:
             seq.draft_len = self.draft_tokens
         room = min(
             rows,
-            seq.draft_len,
-            self.draft_tokens,
+            seq.draft_len,  # never above draft_tokens
             seq.params.max_tokens - seq.n_generated - 1,  # tokens past max_tokens would be thrown away
             self.max_seq_tokens - len(seq.tokens) - 1,
         )
@@ -288,7 +287,7 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     # -- after the step -------------------------------------------------
-    def commit(self, step: Step, sampled: dict[Sequence, list[int]] | None = None) -> None:
+    def commit(self, step: Step, sampled: dict[Sequence, list[int]]) -> None:
         """The decode succeeded: the chunks' tokens are in the KV cache.
 
         A draft's tokens stay only as far as the model agreed with them (the
@@ -299,8 +298,7 @@ class Scheduler:
             c.seq.n_computed = c.start + c.n
             if not c.draft:
                 continue
-            got = (sampled or {}).get(c.seq, [])
-            accepted = max(0, len(got) - 1)  # every sampled token but the last matched the draft
+            accepted = len(sampled[c.seq]) - 1  # every sampled token but the last matched the draft
             self.drafted += len(c.draft)
             self.accepted += accepted
             if accepted < len(c.draft):
@@ -308,12 +306,13 @@ class Scheduler:
                 self.kv.trim(c.seq.seq_id, c.start + 1 + accepted)
                 c.seq.n_computed = c.start + 1 + accepted
             seq = c.seq
+            assert seq.draft_len is not None  # set by _draft before any draft exists
             seq.draft_tries += len(c.draft)
             seq.draft_hits += accepted
             if accepted == len(c.draft):
-                seq.draft_len = min((seq.draft_len or 0) + 1, self.draft_tokens)
+                seq.draft_len = min(seq.draft_len + 1, self.draft_tokens)
             elif accepted == 0:
-                seq.draft_len = max(1, (seq.draft_len or 1) // 2)
+                seq.draft_len = max(1, seq.draft_len // 2)
 
     def rollback(self, step: Step) -> None:
         """The decode failed: forget the cells reserved for this step."""
