@@ -141,7 +141,11 @@ class Model:
 class Context:
     """One llama.cpp context with a unified KV cache shared by ``n_seq`` sequence ids."""
 
-    def __init__(self, model: Model, n_ctx: int, n_batch: int, n_seq: int, threads: int) -> None:
+    def __init__(
+        self, model: Model, n_ctx: int, n_batch: int, n_seq: int, threads: int, unified: bool = True
+    ) -> None:
+        """``unified=False`` builds llama-server's layout instead (one stream per sequence id,
+        sliding-window layers windowed); only benchmarks use it, to compare the two."""
         self.model = model
         p = L.llama_context_default_params()
         p.n_ctx = n_ctx
@@ -151,10 +155,10 @@ class Context:
         p.n_threads = threads
         p.n_threads_batch = threads
         # One cache for all sequences, so seq_cp shares cells instead of copying them.
-        p.kv_unified = True
+        p.kv_unified = unified
         # Keep sliding-window layers' KV for every position; otherwise old cells are pruned
         # and a cached prefix longer than the window could not be reused.
-        p.swa_full = True
+        p.swa_full = unified
         p.no_perf = True
         self.ptr = L.llama_init_from_model(model.ptr, p)
         if not self.ptr:
