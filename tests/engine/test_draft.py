@@ -24,7 +24,8 @@ def naive_propose(tokens: list[int], k: int) -> list[int]:
             if tokens[at - n : at] == suffix and at < len(tokens):
                 if at == len(tokens):
                     continue
-                return tokens[at : at + k]
+                follow = tokens[at:]  # what followed the match, up to now; a loop repeats it
+                return (follow * (k // len(follow) + 1))[:k]
     return []
 
 
@@ -34,9 +35,18 @@ def test_index_finds_the_latest_earlier_match():
     # "6 7" last occurred before the suffix at positions 5-6, followed by 9 2 6.
     assert idx.propose(toks, 3) == [9, 2, 6]
     assert idx.propose(toks, 1) == [9]
+    assert idx.propose(toks, 5) == [9, 2, 6, 7, 9]  # past the end of the text: "9 2 6 7" repeats
     assert idx.propose(toks, 0) == []
     assert NgramIndex().propose([1, 2, 3, 4], 3) == []  # nothing repeats
     assert NgramIndex().propose([4], 3) == []
+
+
+def test_a_loop_is_drafted_past_its_period():
+    # "Word Study Word Study ...": the match is only two tokens back, yet the draft runs on.
+    toks = [7, 1, 2, 1, 2, 1, 2]
+    assert NgramIndex().propose(toks, 6) == [1, 2, 1, 2, 1, 2]
+    toks = [3, 4, 5, 3, 4, 5, 3, 4]
+    assert NgramIndex().propose(toks, 4) == [5, 3, 4, 5]
 
 
 def test_index_prefers_the_longest_suffix():

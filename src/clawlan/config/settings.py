@@ -89,7 +89,7 @@ class ServerSection(Section):
         2048, ge=0, le=1_048_576, description="host RAM for idle prefix-cache entries; 0: keep them in the KV cache"
     )
     draft_tokens: int = Field(
-        4, ge=0, le=64, description="prompt-lookup draft tokens per sequence and step (speculative decoding); 0: off"
+        8, ge=0, le=64, description="prompt-lookup draft tokens per sequence and step (speculative decoding); 0: off"
     )
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads; default: physical cores")
     gpu_layers: int = Field(0, ge=-1, le=100_000, description="layers offloaded to a GPU (-1: all)")

@@ -41,7 +41,13 @@ class NgramIndex:
         self._upto = max(self._upto, end)
 
     def propose(self, tokens: list[int], k: int) -> list[int]:
-        """Up to ``k`` tokens that followed the longest earlier match of the list's suffix."""
+        """``k`` tokens that followed the longest earlier match of the list's suffix.
+
+        When the match is recent, fewer than ``k`` tokens follow it: the text since then is
+        taken as a loop and repeated (a list's markup, a repeated phrase). Without that, a
+        loop of period ``p`` could never be drafted more than ``p`` tokens ahead, and loops
+        are where drafts hold longest.
+        """
         if k <= 0:
             return []
         self._sync(tokens)
@@ -50,5 +56,6 @@ class NgramIndex:
                 continue
             at = self._next.get(tuple(tokens[-n:]))
             if at is not None:
-                return tokens[at : at + k]
+                period = len(tokens) - at
+                return [tokens[at + j % period] for j in range(k)]
         return []

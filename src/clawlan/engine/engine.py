@@ -299,7 +299,7 @@ class EngineConfig:
     # and step, 0 turns drafting off. The rows of a decode step are capped at 2 x batch_size:
     # on a CPU every extra output row costs about half a decode row, so one decoder alone
     # drafts deep and a full batch about one token each (docs/benchmarks.md has the costs).
-    draft_tokens: int = 4
+    draft_tokens: int = 8
     # Host RAM for idle prefix-cache entries moved out of the KV cache (see host_cache.py);
     # 0 keeps them in the KV cache, where they slow every decode's attention.
     host_cache_mb: int = 2048

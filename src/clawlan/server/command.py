@@ -52,7 +52,7 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-budget-mb", type=int, help="memory for the KV cache (default: 25%% of free RAM)")
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     p.add_argument("--cache-ram-mb", type=int, help="host RAM for idle prefix-cache entries, 0 keeps them in the KV cache (default 2048)")
-    p.add_argument("--draft-tokens", type=int, help="prompt-lookup draft tokens per step, 0 turns speculation off (default 4)")
+    p.add_argument("--draft-tokens", type=int, help="prompt-lookup draft tokens per step, 0 turns speculation off (default 8)")
     p.add_argument("--gpu-layers", type=int, help="layers to offload to a GPU (-1: all)")
     p.add_argument("--api-key", action="append", help="accepted Bearer key (repeatable)")
     p.add_argument("--max-connections", type=int, help="requests admitted at once (default 100)")
