@@ -16,6 +16,7 @@ cache whenever new work starts, so the value stays near 0 under load;
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -69,47 +70,67 @@ class EngineCollector(Collector):
         yield CounterMetricFamily(
             "clawlan:spec_decode_num_accepted_tokens", "Draft tokens the model agreed with", value=sched.accepted
         )
-        yield from gpu_metrics()
 
 
-def gpu_metrics() -> Iterator[Any]:
-    """GPU use and memory from NVML (NVIDIA) or rocm-smi (AMD); nothing without a GPU."""
+@functools.cache
+def nvml() -> Any | None:
+    """NVML (the ``nvidia-ml-py`` package), initialised once per process; None without an NVIDIA
+    driver. Initialising on every scrape would leak NVML's reference count and cost a driver call."""
     try:
         import pynvml  # type: ignore[import-not-found]
 
         pynvml.nvmlInit()
-    except Exception:
-        pynvml = None
-    if pynvml is not None:
+    except Exception:  # no package, no driver, no GPU: NVML raises its own error for each
+        return None
+    return pynvml
+
+
+class GpuCollector(Collector):
+    """GPU use and memory from NVML (NVIDIA) or rocm-smi (AMD); no series at all without a GPU,
+    so a dashboard shows "no data" rather than a misleading zero."""
+
+    def collect(self) -> Iterator[Any]:
         util = GaugeMetricFamily("clawlan:gpu_utilization_perc", "GPU utilisation (0-1)", labels=["gpu"])
         mem = GaugeMetricFamily("clawlan:gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"])
         total = GaugeMetricFamily("clawlan:gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            info = pynvml.nvmlDeviceGetMemoryInfo(h)
-            util.add_metric([str(i)], pynvml.nvmlDeviceGetUtilizationRates(h).gpu / 100.0)
+        try:
+            found = self._nvidia(util, mem, total) or self._amd(util, mem, total)
+        except Exception:  # a GPU that fails mid-scrape must not take /metrics down with it
+            return
+        if found:
+            yield from (util, mem, total)
+
+    @staticmethod
+    def _nvidia(util: GaugeMetricFamily, mem: GaugeMetricFamily, total: GaugeMetricFamily) -> bool:
+        lib = nvml()
+        if lib is None:
+            return False
+        for i in range(lib.nvmlDeviceGetCount()):
+            h = lib.nvmlDeviceGetHandleByIndex(i)
+            info = lib.nvmlDeviceGetMemoryInfo(h)
+            util.add_metric([str(i)], lib.nvmlDeviceGetUtilizationRates(h).gpu / 100.0)
             mem.add_metric([str(i)], info.used)
             total.add_metric([str(i)], info.total)
-        yield from (util, mem, total)
-        return
-    if shutil.which("rocm-smi"):
-        try:
-            out = subprocess.run(
-                ["rocm-smi", "--showuse", "--showmeminfo", "vram", "--json"], capture_output=True, text=True, timeout=5
-            ).stdout
-            cards = json.loads(out)
-        except Exception:
-            return
-        util = GaugeMetricFamily("clawlan:gpu_utilization_perc", "GPU utilisation (0-1)", labels=["gpu"])
-        mem = GaugeMetricFamily("clawlan:gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"])
-        for card, vals in cards.items():
-            use = next((v for k, v in vals.items() if "GPU use" in k), None)
-            used = next((v for k, v in vals.items() if "VRAM Total Used" in k), None)
-            if use is not None:
-                util.add_metric([card], float(use) / 100.0)
-            if used is not None:
-                mem.add_metric([card], float(used))
-        yield from (util, mem)
+        return True
+
+    @staticmethod
+    def _amd(util: GaugeMetricFamily, mem: GaugeMetricFamily, total: GaugeMetricFamily) -> bool:
+        if not shutil.which("rocm-smi"):
+            return False
+        out = subprocess.run(
+            ["rocm-smi", "--showuse", "--showmeminfo", "vram", "--json"], capture_output=True, text=True, timeout=5
+        ).stdout
+        for card, vals in json.loads(out).items():
+            if not isinstance(vals, dict):
+                continue  # rocm-smi adds "system" entries beside the cards
+            for key, value in vals.items():
+                if "GPU use" in key:
+                    util.add_metric([card], float(value) / 100.0)
+                elif "VRAM Total Used" in key:
+                    mem.add_metric([card], float(value))
+                elif "VRAM Total Memory" in key:
+                    total.add_metric([card], float(value))
+        return True
 
 
 class Metrics:
@@ -118,6 +139,7 @@ class Metrics:
         ProcessCollector(registry=r)  # process CPU seconds and RSS
         PlatformCollector(registry=r)
         r.register(EngineCollector(backend))
+        r.register(GpuCollector())
         self.requests = Counter("clawlan:requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
         self.finished = Counter("clawlan:request_success", "Finished generations by reason", ["finished_reason"], registry=r)
         self.ttft = Histogram("clawlan:time_to_first_token_seconds", "Time to first token", buckets=LATENCY, registry=r)
