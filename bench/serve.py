@@ -3,6 +3,7 @@
     python bench/serve.py                      # both, the verified-facts workload
     python bench/serve.py --only clawlan       # just ours
     python bench/serve.py --llama-server PATH  # a llama-server binary elsewhere
+    python bench/serve.py --repeat 5           # five alternating runs, fresh prompts each, one summary
 
 The peer is llama.cpp's own ``llama-server`` built from the llama.cpp vendored in the pinned
 llama-cpp-python (``/work/shared/peers/build-llama-server.sh``; ~8 minutes on 2 cores), so both
@@ -13,6 +14,11 @@ All measuring over HTTP is :mod:`clawlan.ops.bench` (the ``clawlan bench`` comma
 script starts and stops the servers, then runs the single-stream workload once more through
 clawlan's engine alone (no HTTP) for the in-process comparison. Results go to bench/results/
 as JSON and PNG.
+
+On a shared 2-core host one run moves by about +-5% (other tenants, the load generator sharing the
+cores), so ``--repeat`` runs the whole sweep several times with the servers started once, each
+repeat with fresh prompts and the servers alternating round by round, and summarises the
+per-repeat ratios (median, min, max) instead of trusting one pair.
 """
 
 from __future__ import annotations
@@ -22,15 +28,28 @@ import contextlib
 import glob
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from clawlan.ops.bench import Bench, Workload, parse_concurrency, plot, ratio_table, table, write_json
+from clawlan.ops.bench import (
+    Bench,
+    ServerResult,
+    Workload,
+    parse_concurrency,
+    plot,
+    ratio_table,
+    ratios,
+    table,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_GLOB = "/tmp/peers/llama-cpp-python-*/vendor/llama.cpp/build/bin/llama-server"
@@ -105,6 +124,25 @@ def in_process(model: Path, w: Workload, args: argparse.Namespace, n: int) -> di
     return {"ttft_p50_ms": statistics.median(r[0] for r in runs), "tpot_p50_ms": statistics.median(r[1] for r in runs)}
 
 
+def repeat_summary(runs: list[list[ServerResult]]) -> str:
+    """Per concurrency, the first server's throughput and TTFT over the second's in every repeat."""
+    a, b = runs[0][0].name, runs[0][1].name
+    lines = [f"{a} / {b} over {len(runs)} repeats (median [min - max]):"]
+    by_conc: dict[int, list[dict[str, Any]]] = {}
+    for res in runs:
+        for r in ratios(res[0], res[1]):
+            if "concurrency" in r:
+                by_conc.setdefault(r["concurrency"], []).append(r)
+    for conc, rs in sorted(by_conc.items()):
+        parts = []
+        for key, label in (("output_throughput", "out tok/s"), ("ttft_p50", "TTFT p50")):
+            v = sorted(x[key] for x in rs)
+            parts.append(f"{label} {statistics.median(v):.2f}x [{v[0]:.2f} - {v[-1]:.2f}]")
+        each = " ".join(f"{x['output_throughput']:.2f}" for x in rs)
+        lines.append(f"  conc {conc:>3}: {'; '.join(parts)}; throughput each: {each}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="GGUF model (default: the embedded Gemma 3 270M)")
@@ -122,6 +160,7 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=8180, help="clawlan's port; the peer gets the next one")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--no-in-process", action="store_true", help="skip the single-stream run through the engine alone")
+    ap.add_argument("--repeat", type=int, default=1, help="run the sweep this many times (fresh prompts each)")
     args = ap.parse_args()
     # A SIGTERM (a CI timeout, kill PID) must still stop the servers this script started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -162,31 +201,44 @@ def main() -> int:
     )
     from tqdm import tqdm
 
+    runs: list[list[ServerResult]] = []
     with contextlib.ExitStack() as stack:
         urls = [
             (name, stack.enter_context(server(name, cmd, url, out, env))) for name, cmd, url, env in plans
         ]
-        bar = tqdm(total=0, unit="req", desc="bench", leave=False)
-        bench = Bench(w, on_request=lambda: bar.update(1))
-        bar.total = bench.total_requests(len(urls))
-        results = bench.run(urls)
-        bar.close()
+        for i in range(max(1, args.repeat)):
+            bar = tqdm(total=0, unit="req", desc=f"bench {i + 1}/{args.repeat}", leave=False)
+            bench = Bench(replace(w, seed=w.seed + i), on_request=lambda b=bar: b.update(1))
+            bar.total = bench.total_requests(len(urls))
+            runs.append(bench.run(urls))
+            bar.close()
+    results = runs[0]
     inproc = None
     if args.only != "peer" and not args.no_in_process and 1 in w.concurrency:
         inproc = in_process(model, w, args, n=max(4, 2 * args.requests_per_client))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     j = write_json(results, w, out / f"serve-{stamp}.json")
-    if inproc is not None:
-        import json
+    import json
 
-        data = json.loads(j.read_text())
+    data = json.loads(j.read_text())
+    if inproc is not None:
         data["in_process_single_stream"] = inproc
-        j.write_text(json.dumps(data, indent=2))
+    if len(runs) > 1:
+        data["repeats"] = [[r.to_dict() for r in res] for res in runs]
+        if len(results) == 2:
+            data["repeat_ratios"] = [ratios(res[0], res[1]) for res in runs]
+    j.write_text(json.dumps(data, indent=2, default=str))
     png = plot(results, out / f"serve-{stamp}.png")
-    print(table(results))
-    if len(results) == 2:
+    for i, res in enumerate(runs):
+        if len(runs) > 1:
+            print(f"\n== repeat {i + 1} of {len(runs)}")
+        print(table(res))
+        if len(res) == 2:
+            print()
+            print(ratio_table(res[0], res[1]))
+    if len(runs) > 1 and len(results) == 2:
         print()
-        print(ratio_table(results[0], results[1]))
+        print(repeat_summary(runs))
     if inproc is not None:
         http = next(r for r in results[0].rounds if r.concurrency == 1).tpot_ms["median"]
         print(
