@@ -1,14 +1,19 @@
-"""Serve benchmark: clawlan's server and llama.cpp's llama-server, same model, same load, one run.
+"""Serve benchmark: clawlan's server, llama.cpp's llama-server and llama-cpp-python's own server,
+same model, same load, one run.
 
-    python bench/serve.py                      # both, the verified-facts workload
+    python bench/serve.py                      # all three, the verified-facts workload
     python bench/serve.py --only clawlan       # just ours
+    python bench/serve.py --no-stock           # without llama-cpp-python's server (the slow one)
     python bench/serve.py --llama-server PATH  # a llama-server binary elsewhere
     python bench/serve.py --repeat 5           # five alternating runs, fresh prompts each, one summary
 
-The peer is llama.cpp's own ``llama-server`` built from the llama.cpp vendored in the pinned
+The main peer is llama.cpp's own ``llama-server`` built from the llama.cpp vendored in the pinned
 llama-cpp-python (``/work/shared/peers/build-llama-server.sh``; ~8 minutes on 2 cores), so both
 servers run the same kernels and the difference is the serving layer. Both get the same
-settings: 8 parallel sequences, a 16,384-cell KV cache, 2 threads.
+settings: 8 parallel sequences, a 16,384-cell KV cache, 2 threads. The third is the binding's
+stock server (``python -m llama_cpp.server``, its extras: ``pip install -e '.[bench]'``) with
+the same model, threads and total context; it serves one request at a time. It has no
+``ignore_eos``, so its requests carry a logit bias of -100 on end-of-generation tokens instead.
 
 All measuring over HTTP is :mod:`clawlan.ops.bench` (the ``clawlan bench`` command); this
 script starts and stops the servers, then runs the single-stream workload once more through
@@ -33,7 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,29 +60,39 @@ ROOT = Path(__file__).resolve().parent.parent
 PEER_GLOB = "/tmp/peers/llama-cpp-python-*/vendor/llama.cpp/build/bin/llama-server"
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, deadline_s: float, log: Path) -> None:
-    """Poll /health until 200, the process dies, or the deadline passes."""
+def wait_healthy(url: str, proc: subprocess.Popen, deadline_s: float, log: Path, path: str = "/health") -> None:
+    """Poll ``path`` until 200, the process dies, or the deadline passes."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise SystemExit(f"{url}: server exited with {proc.returncode}; see {log}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2, trust_env=False).status_code == 200:
                 return
         time.sleep(0.25)  # polling interval of a bounded wait, not synchronisation by sleeping
     raise SystemExit(f"{url}: not healthy after {deadline_s:.0f} s; see {log}")
 
 
+@dataclass
+class Plan:
+    """One server to start: its command, base URL, environment and how to tell it is ready."""
+
+    name: str
+    cmd: list[str]
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+    ready_path: str = "/health"  # llama-cpp-python's server has no /health
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
 @contextlib.contextmanager
-def server(
-    name: str, cmd: list[str], url: str, out: Path, env: dict[str, str] | None = None
-) -> Iterator[str]:
-    log = out / f"{name}.log"
+def server(plan: Plan, out: Path) -> Iterator[str]:
+    log = out / f"{plan.name}.log"
     with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(plan.cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **plan.env})
         try:
-            wait_healthy(url, proc, 300, log)
-            yield url
+            wait_healthy(plan.url, proc, 300, log, plan.ready_path)
+            yield plan.url
         finally:
             proc.terminate()
             try:
@@ -124,13 +139,36 @@ def in_process(model: Path, w: Workload, args: argparse.Namespace, n: int) -> di
     return {"ttft_p50_ms": statistics.median(r[0] for r in runs), "tpot_p50_ms": statistics.median(r[1] for r in runs)}
 
 
-def repeat_summary(runs: list[list[ServerResult]]) -> str:
-    """Per concurrency, the first server's throughput and TTFT over the second's in every repeat."""
-    a, b = runs[0][0].name, runs[0][1].name
+def stock_plan(model: Path, args: argparse.Namespace) -> Plan | None:
+    """llama-cpp-python's own server, or None when its extras (fastapi, sse-starlette, ...) are missing."""
+    try:
+        import llama_cpp.server.app  # noqa: F401
+    except ImportError:
+        return None
+    from clawlan.engine.llama import Model
+
+    m = Model(model)
+    try:
+        eog = [t for t in range(m.n_vocab) if m.is_eog(t)]
+    finally:
+        m.close()
+    port = args.port + 2
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", str(args.kv_tokens), "--n_threads", str(args.threads),
+           "--n_threads_batch", str(args.threads), "--verbose", "False",
+           # By default a new request interrupts the one streaming; queued is how it serves several users.
+           "--interrupt_requests", "False"]  # fmt: skip
+    bias = {"logit_bias": {str(t): -100 for t in eog}}
+    return Plan("llama-cpp-python", cmd, f"http://127.0.0.1:{port}", ready_path="/v1/models", extra_body=bias)
+
+
+def repeat_summary(runs: list[list[ServerResult]], k: int = 1) -> str:
+    """Per concurrency, the first server's throughput and TTFT over server ``k``'s in every repeat."""
+    a, b = runs[0][0].name, runs[0][k].name
     lines = [f"{a} / {b} over {len(runs)} repeats (median [min - max]):"]
     by_conc: dict[int, list[dict[str, Any]]] = {}
     for res in runs:
-        for r in ratios(res[0], res[1]):
+        for r in ratios(res[0], res[k]):
             if "concurrency" in r:
                 by_conc.setdefault(r["concurrency"], []).append(r)
     for conc, rs in sorted(by_conc.items()):
@@ -147,7 +185,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="GGUF model (default: the embedded Gemma 3 270M)")
     ap.add_argument("--llama-server", help=f"llama-server binary (default: {PEER_GLOB})")
-    ap.add_argument("--only", choices=["clawlan", "peer"], help="run one server only")
+    ap.add_argument("--only", choices=["clawlan", "peer"], help="clawlan alone, or the peers alone")
+    ap.add_argument("--no-stock", action="store_true", help="leave out llama-cpp-python's own server")
     ap.add_argument("--concurrency", default="1,8,16")
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--input-tokens", type=int, default=250)
@@ -171,12 +210,12 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     per_seq = args.kv_tokens // args.parallel
-    plans: list[tuple[str, list[str], str, dict[str, str]]] = []
+    plans: list[Plan] = []
     if args.only != "peer":
         cmd = [sys.executable, "-m", "clawlan", "serve", "--model", str(model), "--port", str(args.port),
                "--batch-size", str(args.parallel), "--kv-tokens", str(args.kv_tokens), "--ctx", str(per_seq),
                "--threads", str(args.threads), "--no-advertise"]  # fmt: skip
-        plans.append(("clawlan", cmd, f"http://127.0.0.1:{args.port}", {}))
+        plans.append(Plan("clawlan", cmd, f"http://127.0.0.1:{args.port}"))
     if args.only != "clawlan":
         exe = args.llama_server or next(iter(sorted(glob.glob(PEER_GLOB))), None)
         if not exe:
@@ -188,8 +227,17 @@ def main() -> int:
         cmd = [exe, "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-np", str(args.parallel),
                "-c", str(args.kv_tokens), "-t", str(args.threads)]  # fmt: skip
         plans.append(
-            ("llama-server", cmd, f"http://127.0.0.1:{port}", {"LD_LIBRARY_PATH": str(Path(exe).parent)})
+            Plan("llama-server", cmd, f"http://127.0.0.1:{port}", {"LD_LIBRARY_PATH": str(Path(exe).parent)})
         )
+        if not args.no_stock:
+            stock = stock_plan(model, args)
+            if stock is None:
+                print(
+                    "llama-cpp-python's server needs its extras: .venv/bin/pip install -e '.[bench]' "
+                    "(or --no-stock to leave it out)"
+                )
+                return 2
+            plans.append(stock)
 
     w = Workload(
         input_tokens=args.input_tokens,
@@ -203,12 +251,11 @@ def main() -> int:
 
     runs: list[list[ServerResult]] = []
     with contextlib.ExitStack() as stack:
-        urls = [
-            (name, stack.enter_context(server(name, cmd, url, out, env))) for name, cmd, url, env in plans
-        ]
+        urls = [(p.name, stack.enter_context(server(p, out))) for p in plans]
+        extra = {p.url: p.extra_body for p in plans if p.extra_body}
         for i in range(max(1, args.repeat)):
             bar = tqdm(total=0, unit="req", desc=f"bench {i + 1}/{args.repeat}", leave=False)
-            bench = Bench(replace(w, seed=w.seed + i), on_request=lambda b=bar: b.update(1))
+            bench = Bench(replace(w, seed=w.seed + i), on_request=lambda b=bar: b.update(1), extra_body=extra)
             bar.total = bench.total_requests(len(urls))
             runs.append(bench.run(urls))
             bar.close()
@@ -225,20 +272,23 @@ def main() -> int:
         data["in_process_single_stream"] = inproc
     if len(runs) > 1:
         data["repeats"] = [[r.to_dict() for r in res] for res in runs]
-        if len(results) == 2:
-            data["repeat_ratios"] = [ratios(res[0], res[1]) for res in runs]
+        data["repeat_ratios"] = {
+            f"{results[0].name}/{results[k].name}": [ratios(res[0], res[k]) for res in runs]
+            for k in range(1, len(results))
+        }
     j.write_text(json.dumps(data, indent=2, default=str))
     png = plot(results, out / f"serve-{stamp}.png")
     for i, res in enumerate(runs):
         if len(runs) > 1:
             print(f"\n== repeat {i + 1} of {len(runs)}")
         print(table(res))
-        if len(res) == 2:
+        for peer in res[1:]:
             print()
-            print(ratio_table(res[0], res[1]))
-    if len(runs) > 1 and len(results) == 2:
-        print()
-        print(repeat_summary(runs))
+            print(ratio_table(res[0], peer))
+    if len(runs) > 1:
+        for k in range(1, len(results)):
+            print()
+            print(repeat_summary(runs, k))
     if inproc is not None:
         http = next(r for r in results[0].rounds if r.concurrency == 1).tpot_ms["median"]
         print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -183,3 +184,36 @@ def test_bench_real_server(backend, tmp_path: Path, capsys) -> None:
     assert sw["history_tokens"] > 200 and sw["followup_ttft_ms"] > 0
     assert next(tmp_path.glob("bench-*.png")).stat().st_size > 10_000
     assert "context switch clawlan" in out
+
+
+def test_extra_body_goes_to_its_server_only() -> None:
+    # bench/serve.py gives llama-cpp-python's server (no ignore_eos) a logit bias; the others must not get it.
+    bodies: dict[str, list[dict]] = {"a": [], "b": []}
+
+    def recorder(name: str) -> type[Scripted]:
+        class Recorder(Scripted):
+            prompts: list[str] = []
+            first_delay = token_delay = 0.0
+
+            def do_POST(self) -> None:  # noqa: N802
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                bodies[name].append(json.loads(raw))
+                self.rfile = io.BytesIO(raw)  # let the scripted handler read the body again
+                super().do_POST()
+
+        return Recorder
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), recorder(n)) for n in ("a", "b")]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    a, b = (f"http://127.0.0.1:{s.server_port}" for s in servers)
+    try:
+        w = Workload(input_tokens=10, output_tokens=2, requests_per_client=2, concurrency=[1], model="m")
+        Bench(w, extra_body={a + "/v1": {"logit_bias": {"1": -100}}}).run([("a", a), ("b", b)], switch=False)
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()
+    assert len(bodies["a"]) == 2 and all(x["logit_bias"] == {"1": -100} for x in bodies["a"])
+    assert len(bodies["b"]) == 2 and not any("logit_bias" in x for x in bodies["b"])
+    assert all(x["ignore_eos"] for x in bodies["a"] + bodies["b"])  # the common body is unchanged

@@ -302,9 +302,17 @@ async def stream_request(
 class Bench:
     """Runs a :class:`Workload` against one or more servers. ``on_request`` ticks once per request."""
 
-    def __init__(self, workload: Workload, on_request: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        on_request: Callable[[], None] | None = None,
+        extra_body: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.w = workload
         self.tick = on_request or (lambda: None)
+        # Per server (base URL), fields added to every request body: llama-cpp-python's server has
+        # no ignore_eos, so the benchmark gives it a logit bias against end-of-generation instead.
+        self.extra = {url.rstrip("/").removesuffix("/v1"): body for url, body in (extra_body or {}).items()}
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.w.api_key}"} if self.w.api_key else {}
@@ -332,6 +340,7 @@ class Bench:
         self, client: Any, base_url: str, model: str, prompt: str, max_tokens: int
     ) -> RequestResult:
         path, body = _body(self.w, model, prompt, max_tokens)
+        body |= self.extra.get(base_url, {})
         r = await stream_request(client, base_url + path, body, self.headers())
         if not r.ok and r.error.startswith("RemoteProtocolError") and not r.ttft:
             # A pooled keep-alive connection the server had already closed (llama-server drops idle
