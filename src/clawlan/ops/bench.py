@@ -443,9 +443,9 @@ def table(results: list[ServerResult]) -> str:
                 f", {s.followup_cached_tokens} tokens cached" if s.followup_cached_tokens is not None else ""
             )
             # A server that sends no usage (llama-cpp-python's) leaves the length unknown, not zero.
-            size = f"{s.history_tokens}-token" if s.history_tokens else "a (length not reported)"
+            size = f"{s.history_tokens}-token conversation" if s.history_tokens else "conversation of unreported length"
             lines.append(
-                f"context switch {res.name}: {size} conversation, {s.other_sessions} other sessions "
+                f"context switch {res.name}: {size}, {s.other_sessions} other sessions "
                 f"between turns: cold first token {s.cold_ttft_ms:.0f} ms, follow-up {s.followup_ttft_ms:.0f} ms{cached}"
             )
     return "\n".join(lines)
