@@ -2,14 +2,15 @@
 
     python bench/steps.py            # embedded model, 2 threads
 
-Through the engine's own :class:`~clawlan.engine.llama.Context` (no scheduler), built as the
-engine builds it (unified KV, full sliding-window cache) and as llama-server does (one stream
-per slot):
+Through the engine's own :class:`~clawlan.engine.llama.Context` (no scheduler), in both of the
+engine's layouts: unified KV, and one stream per sequence (llama-server's; the engine's choice
+when every context fits its own stream):
 
 * **rows**: 8 sequences decoding 1, 2, 3 or 4 tokens each (a draft of 0-3): what a drafted
   row costs next to a plain decode row, hence the cap of 2 x batch_size rows per step;
 * **mixing**: 7 decoders alone, a fresh 250-token prompt alone, and both in one batch;
-  in a unified cache the mixed step costs more than the two apart, hence separate steps;
+  in a unified cache the mixed step costs more than the two apart, hence separate steps there,
+  and the prompt alone is dearer than with one stream per sequence;
 * **idle entries**: the same 8-sequence prefill and decode with 8 finished sequences' cells
   left in the cache, hence moving idle entries to host RAM.
 """
@@ -59,7 +60,7 @@ def rows(model: Model, threads: int, reps: int) -> None:
 def mixing(model: Model, threads: int, reps: int) -> None:
     print("7 decoders and a fresh 250-token prompt, ms (mean of reps):")
     rng = random.Random(1)
-    for name, unified, n_seq in (("unified (clawlan)", True, 40), ("one stream per slot (llama-server)", False, 8)):
+    for name, unified, n_seq in (("unified (clawlan)", True, 40), ("one stream per sequence", False, 8)):
         ctx = Context(model, 16384, 512, n_seq, threads, unified=unified)
         for s in range(7):
             prompt(ctx, s, 300, rng)

@@ -24,10 +24,13 @@ def make_harness():
         draft_rows: int | None = None,
         host_bytes: int = 0,
         mix_prefill: bool = True,
+        streams: bool = False,
         **runner_kw,
     ) -> Harness:
-        mem = FakeMemory()
-        kv = KVCache(n_cells, n_slots or 2 * batch_size, mem, HostCache(host_bytes) if host_bytes else None)
+        mem = FakeMemory(streams)
+        host = HostCache(host_bytes) if host_bytes else None
+        slots = n_slots or (batch_size if streams else 2 * batch_size)
+        kv = KVCache(n_cells, slots, mem, host, streams=streams)
         rows = 2 * batch_size if draft_rows is None else draft_rows
         sched = Scheduler(kv, batch_size, token_budget, max_wait_s, max_seq_tokens, draft_tokens, rows, mix_prefill)
         runner = FakeRunner(mem, **runner_kw)

@@ -51,9 +51,10 @@ def reference(prompt: list[int], max_tokens: int, model=next_token) -> list[int]
 class FakeMemory:
     """MemoryOps that records every call and mirrors each sequence id's KV (tokens by position)."""
 
-    def __init__(self) -> None:
+    def __init__(self, streams: bool = False) -> None:
         self.kv: dict[int, list[int]] = defaultdict(list)
         self.calls: list[tuple] = []
+        self.streams = streams  # one stream per sequence id: llama.cpp copies only whole streams
 
     def seq_rm(self, seq_id: int, p0: int, p1: int) -> None:
         self.calls.append(("rm", seq_id, p0, p1))
@@ -65,6 +66,10 @@ class FakeMemory:
         assert src != dst
         assert len(self.kv[src]) >= p1, "copying positions the source does not hold"
         assert not self.kv[dst], "copying into a sequence id that still holds KV"
+        if self.streams:
+            assert (p0, p1) == (-1, -1), "llama.cpp copies only whole streams (GGML_ASSERT is_full)"
+            self.kv[dst] = list(self.kv[src])
+            return
         self.kv[dst] = list(self.kv[src][p0:p1])
 
 

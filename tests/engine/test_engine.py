@@ -82,12 +82,15 @@ def run_alone(make_real_engine, model, prompts, n):
     return out
 
 
-def test_eight_concurrent_requests_no_cross_talk(real_model, make_real_engine, reference_logits):
+@pytest.mark.parametrize("layout", ["unified", "streams"])
+def test_eight_concurrent_requests_no_cross_talk(real_model, make_real_engine, reference_logits, layout):
     n = 24
     prompts = [real_model.tokenize(p) for p in PROMPTS]
     solo = run_alone(make_real_engine, real_model, prompts, n)
     assert len({tuple(s) for s in solo}) == 8, "the prompts must give distinct outputs"
-    eng = make_real_engine(batch_size=8, kv_tokens=4096, max_seq_tokens=2048)
+    kv_tokens = 4096 if layout == "unified" else 8 * 2048  # streams: every sequence's context its own
+    eng = make_real_engine(batch_size=8, kv_tokens=kv_tokens, max_seq_tokens=2048, kv_layout=layout)
+    assert eng.engine.scheduler.kv.streams == (layout == "streams")
     results = eng.run(*(greedy(p, n) for p in prompts))
     assert max(eng.engine.stats.step_seqs) == 8, "the 8 requests never decoded in one batch"
     agreed = 0
@@ -114,8 +117,10 @@ def test_oracle_rejects_swapped_outputs(real_model, reference_logits):
         assert_same_as_alone(reference_logits, a, ta, tb)
 
 
-def test_prefix_reuse_skips_cached_tokens(real_model, make_real_engine, reference_logits):
-    eng = make_real_engine(batch_size=4, kv_tokens=4096, max_seq_tokens=4096)
+@pytest.mark.parametrize("layout", ["unified", "streams"])
+def test_prefix_reuse_skips_cached_tokens(real_model, make_real_engine, reference_logits, layout):
+    kv_tokens = 4096 if layout == "unified" else 4 * 4096
+    eng = make_real_engine(batch_size=4, kv_tokens=kv_tokens, max_seq_tokens=4096, kv_layout=layout)
     system = real_model.tokenize(
         "You are the office assistant of Example Ltd. Answer briefly and politely. " * 20
     )
@@ -263,17 +268,19 @@ def test_small_token_budget_with_full_batch(real_model, make_real_engine):
     assert max(eng.engine.stats.step_seqs) == 8
 
 
-def test_shared_prefix_copied_from_a_running_sequence(real_model, make_real_engine, reference_logits):
+@pytest.mark.parametrize("layout", ["unified", "streams"])
+def test_shared_prefix_copied_from_a_running_sequence(real_model, make_real_engine, reference_logits, layout):
     # B arrives while A (same system prompt) is decoding: B's prefix comes from A's live KV
-    # through llama_memory_seq_cp, both then append to cells they share, and neither output
-    # may change because of it.
+    # through llama_memory_seq_cp (unified: both then append to cells they share; streams: A's
+    # whole stream is copied into B's and cut back), and neither output may change because of it.
     import asyncio
 
     system = real_model.tokenize("Notes from the weekly office meeting about printers and coffee. " * 8)
     qa = system + real_model.tokenize(" Summary: the printer", add_special=False)
     qb = system + real_model.tokenize(" Summary: the coffee", add_special=False)
     solo = run_alone(make_real_engine, real_model, [qa, qb], 16)
-    eng = make_real_engine(batch_size=4, kv_tokens=2048, max_seq_tokens=2048)
+    kv_tokens = 2048 if layout == "unified" else 4 * 2048
+    eng = make_real_engine(batch_size=4, kv_tokens=kv_tokens, max_seq_tokens=2048, kv_layout=layout)
     engine = eng.engine
 
     async def scenario():
@@ -321,12 +328,14 @@ def test_seeded_sampling_is_reproducible_in_a_batch(real_model, make_real_engine
     assert tokens_of(c) != ta
 
 
-def test_prompt_lookup_drafts_give_plain_decoding_output(real_model, make_real_engine, reference_logits):
+@pytest.mark.parametrize("layout", ["unified", "streams"])
+def test_prompt_lookup_drafts_give_plain_decoding_output(real_model, make_real_engine, reference_logits, layout):
     # Code that repeats itself: the drafts come from the prompt and hold often.
     p = real_model.tokenize("def add(a, b):\n    return a + b\n\n" * 4 + "def add(")
-    plain = make_real_engine(batch_size=2, kv_tokens=2048, max_seq_tokens=2048, draft_tokens=0)
+    kv_tokens = 2048 if layout == "unified" else 2 * 2048
+    plain = make_real_engine(batch_size=2, kv_tokens=kv_tokens, max_seq_tokens=2048, draft_tokens=0, kv_layout=layout)
     (a,) = plain.run(greedy(p, 48))
-    eng = make_real_engine(batch_size=2, kv_tokens=2048, max_seq_tokens=2048, draft_tokens=4)
+    eng = make_real_engine(batch_size=2, kv_tokens=kv_tokens, max_seq_tokens=2048, draft_tokens=4, kv_layout=layout)
     (b,) = eng.run(greedy(p, 48))
     assert final(b).completion_tokens == 48
     assert assert_same_as_alone(reference_logits, p, tokens_of(a), tokens_of(b)) >= 24

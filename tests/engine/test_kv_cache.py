@@ -138,3 +138,43 @@ def test_trim_frees_tail_cells_in_llama_too():
     kv.trim(sid, 4)
     assert kv.slots[sid].tokens == [0, 1, 2, 3] and kv.n_used == 4
     assert mem.kv[sid] == [0, 1, 2, 3]
+
+
+def test_streams_copy_a_whole_stream_and_cut_it_back():
+    # One KV stream per sequence id: llama.cpp copies only a whole stream, so sharing a prefix is
+    # a copy (the cells are the copy's own) followed by a trim to the shared length.
+    mem = FakeMemory(streams=True)
+    kv = KVCache(64, 4, mem, streams=True)
+    system = list(range(100, 120))
+    a = fill(kv, mem, system + [1, 2], now=1)  # still running
+    used = kv.n_used
+    b, cached = kv.acquire(system + [3, 4], now=2)
+    assert b != a and cached == 20
+    i = mem.calls.index(("cp", a, b, -1, -1))
+    assert mem.calls[i + 1] == ("rm", b, 20, -1)
+    assert mem.kv[b] == system and kv.slots[b].tokens == system
+    assert kv.n_used == used + 20, "a copied prefix occupies cells of its own"
+    kv.release(b, now=3, keep=False)
+    assert kv.n_used == used and kv.slots[a].tokens == system + [1, 2]
+
+
+def test_streams_keep_idle_entries_until_their_stream_is_taken():
+    from clawlan.engine.host_cache import HostCache
+
+    mem = FakeMemory(streams=True)
+    kv = KVCache(64, 2, mem, HostCache(1 << 20), streams=True)
+    a = fill(kv, mem, list(range(10, 30)), now=1)
+    kv.release(a, now=2)
+    kv.offload_idle([])  # in its own stream an idle entry slows no one: it stays
+    assert kv.slots[a].tokens and len(kv.host) == 0
+    b = fill(kv, mem, list(range(40, 50)), now=3)  # the empty stream first
+    assert b != a and kv.slots[a].tokens
+    kv.release(b, now=4)
+    # A third prompt needs a stream: the least recently used entry goes to host RAM, then the stream.
+    c, cached = kv.acquire(list(range(60, 70)), now=5)
+    assert c == a and cached == 0 and ("save", a) in mem.calls
+    assert [e.tokens for e in kv.host.entries] == [list(range(10, 30))]
+    # ... and comes back from RAM when its conversation continues.
+    kv.release(c, now=6, keep=False)
+    d, cached = kv.acquire(list(range(10, 30)) + [1, 2], now=7)
+    assert cached == 20 and mem.kv[d] == list(range(10, 30))

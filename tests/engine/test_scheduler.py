@@ -9,8 +9,9 @@ token from the sequence's whole KV content, so comparing an output with
 from __future__ import annotations
 
 import math
+import random
 
-from engine_fakes import EOG, reference
+from engine_fakes import EOG, reference, repetitive_token
 
 
 def prompt(seed: int, n: int) -> list[int]:
@@ -448,3 +449,28 @@ def test_step_stats_stay_bounded(make_harness):
     h.run()
     assert list(h.engine.stats.step_seqs)[-1] == 1 and h.engine.stats.steps == len(h.runner.steps)
     h.check_reference(rid, 5)
+
+
+def test_streams_steps_run_as_one_micro_batch(make_harness):
+    # One KV stream per sequence: llama.cpp splits a batch unless its sequences are in id order and
+    # decoders feed equal token counts; every step must be built that way, outputs unchanged.
+
+    h = make_harness(batch_size=4, draft_tokens=4, model=repetitive_token, streams=True, token_budget=64)
+    seen: list[list[tuple[int, int, int, int, str]]] = []
+    h.engine.on_step = lambda step, s: seen.append(
+        [(c.seq.seq_id, c.start, c.n, len(c.draft), c.seq.request_id) for c in step.chunks]
+    )
+    rng = random.Random(4)
+    rids = [h.submit([2] + [rng.randint(200, 260) for _ in range(rng.randint(10, 40))], max_tokens=30) for _ in range(7)]
+    h.run()
+    for rid in rids:
+        h.check_reference(rid, 30)
+    assert h.sched.mix_prefill and h.sched.accepted > 0
+    mixed = 0
+    for chunks in seen:
+        ids = [c[0] for c in chunks]
+        assert ids == sorted(ids), f"chunks out of id order: {ids}"
+        decoders = [c for c in chunks if c[1] >= len(h.prompts[c[4]])]
+        assert len({c[3] for c in decoders}) <= 1, f"unequal drafts in one step: {decoders}"
+        mixed += bool(decoders) and len(decoders) < len(chunks)
+    assert mixed, "no step carried a prompt chunk beside decoders: the mixed path is untested"

@@ -85,6 +85,11 @@ class ServerSection(Section):
         None, ge=64, description="memory the KV cache may use; default: half the free RAM"
     )
     prefill_chunk: int = Field(512, ge=16, le=16384, description="token budget of one engine step")
+    kv_layout: Literal["auto", "streams", "unified"] = Field(
+        "auto",
+        description="KV cache layout: one stream per sequence (faster prompts; needs kv_tokens >= batch_size x "
+        "context), one unified cache (sequences share every cell), or auto: streams where they fit",
+    )
     cache_ram_mb: int = Field(
         2048, ge=0, le=1_048_576, description="host RAM for idle prefix-cache entries; 0: keep them in the KV cache"
     )

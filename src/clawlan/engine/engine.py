@@ -308,7 +308,21 @@ class EngineConfig:
     threads: int = 2
     # Idle prefix-cache entries kept (finished conversations). A slot is only a sequence id, so
     # keep many: KV cells, not slots, should decide what is evicted. Default: 4 x batch, at least 32.
+    # (Unified layout only: with one stream per sequence, idle entries beyond the streams live in
+    # host RAM.)
     cache_slots: int | None = None
+    # KV layout: "streams" (one per sequence, llama-server's; prompts ~8% cheaper) needs every
+    # sequence's whole context in its own stream, kv_tokens >= batch_size x max_seq_tokens;
+    # "unified" lets sequences share all cells (one long prompt may use most of them).
+    # "auto": streams where they fit, unified otherwise.
+    kv_layout: str = "auto"
+
+
+def use_streams(cfg: EngineConfig) -> bool:
+    if cfg.kv_layout not in ("auto", "streams", "unified"):
+        raise ValueError(f"kv_layout {cfg.kv_layout!r}: use auto, streams or unified")
+    fits = cfg.kv_tokens >= cfg.batch_size * cfg.max_seq_tokens
+    return cfg.kv_layout == "streams" or (cfg.kv_layout == "auto" and fits)
 
 
 def build_engine(model: object, cfg: EngineConfig) -> Engine:
@@ -319,21 +333,26 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
     from clawlan.engine.runner import LlamaRunner
 
     assert isinstance(model, Model)
+    streams = use_streams(cfg)
     cache_slots = max(32, 4 * cfg.batch_size) if cfg.cache_slots is None else cfg.cache_slots
     n_slots = min(256, cfg.batch_size + max(1, cache_slots))  # llama.cpp allows at most 256 sequence ids
+    if streams:
+        n_slots = cfg.batch_size  # each sequence id is a stream of kv_tokens / n_slots cells
     # A step carries one token per decoding sequence at least, and llama.cpp reserves one output
     # row per sequence id (GGML_ASSERT(n_outputs_max <= n_batch) in output_reserve). With
     # token_budget < n_slots (e.g. --prefill-chunk 16 --batch-size 16) llama.cpp aborted the process.
     budget = max(cfg.token_budget, cfg.batch_size)
-    ctx = Context(model, n_ctx=cfg.kv_tokens, n_batch=max(budget, n_slots), n_seq=n_slots, threads=cfg.threads)
+    ctx = Context(
+        model, n_ctx=cfg.kv_tokens, n_batch=max(budget, n_slots), n_seq=n_slots, threads=cfg.threads, unified=not streams
+    )
     host = HostCache(cfg.host_cache_mb << 20) if cfg.host_cache_mb > 0 else None
-    kv = KVCache(ctx.n_ctx, n_slots, ctx, host)
+    kv = KVCache(ctx.n_ctx, n_slots, ctx, host, streams=streams)
     sched = Scheduler(
         kv,
         batch_size=cfg.batch_size,
         token_budget=budget,
         max_wait_s=cfg.max_wait_ms / 1000.0,
-        max_seq_tokens=min(cfg.max_seq_tokens, ctx.n_ctx),
+        max_seq_tokens=min(cfg.max_seq_tokens, ctx.n_ctx // n_slots if streams else ctx.n_ctx),
         draft_tokens=cfg.draft_tokens,
         draft_rows=2 * cfg.batch_size,
         mix_prefill=cfg.mix_prefill,

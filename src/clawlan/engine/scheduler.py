@@ -30,6 +30,15 @@ Policy, in order:
    rows of a step are capped at ``draft_rows``: one decoder alone drafts up
    to ``draft_tokens``, a full batch of eight about one each. A sequence whose
    guesses fail drafts less, one whose guesses hold drafts more.
+8. **One KV stream per sequence** (``KVCache.streams``, when every sequence's
+   context fits a stream of its own): llama.cpp runs a batch as one
+   micro-batch only when its sequences are consecutive ids in id order with
+   equal token counts; otherwise it splits it, and each part pays a step's
+   fixed cost (8 sequences x 2 tokens: 56 ms in order, 154 ms shuffled). So a
+   step's chunks are put in id order, every decoder drafts the same number of
+   tokens (the fewest any of them has a guess for), and prompt chunks ride in
+   the decode step (llama.cpp runs them as a micro-batch of their own; mixing
+   costs nothing here, 304 ms against 296 ms apart).
 """
 
 from __future__ import annotations
@@ -101,7 +110,8 @@ class Scheduler:
         self.max_seq_tokens = max_seq_tokens
         self.draft_tokens = draft_tokens
         self.draft_rows = draft_rows
-        self.mix_prefill = mix_prefill
+        self.streams = kv.streams
+        self.mix_prefill = mix_prefill or self.streams
         self._prefill_turn = True  # without mixing: whose turn it is when both kinds wait
         self._offload_due = False  # work was admitted: move idle entries out after this step
         self.waiting: deque[Sequence] = deque()
@@ -148,6 +158,8 @@ class Scheduler:
         step = Step()
         budget = self._add_decoders(step, decoders, self.token_budget)
         self._add_prompt_chunks(step, prompts, budget)
+        if self.streams:
+            step.chunks.sort(key=lambda c: c.seq.seq_id or 0)  # one micro-batch: ids in order
         return step
 
     def offload_idle(self) -> None:
@@ -163,11 +175,12 @@ class Scheduler:
         """Oldest first: each decoder's pending token, plus a draft where one is worth it.
         Returns the token budget left."""
         spare = max(0, self.draft_rows - len(decoders))
+        even = self._even_drafts(decoders, budget) if self.streams else None
         for i, seq in enumerate(decoders):
             if seq.status is not Status.RUNNING:
                 continue  # preempted while making room for an older one
             left = len(decoders) - i  # decoders still to place, this one included: one token each
-            draft = self._draft(seq, min(spare // left, budget - left))
+            draft = even[i] if even is not None else self._draft(seq, min(spare // left, budget - left))
             if len(draft) + left > self.kv.n_free:
                 draft = []  # drafting must never evict a cache entry or preempt a sequence
             chunk = Chunk(seq, seq.n_computed, 1 + len(draft), draft)
@@ -177,6 +190,17 @@ class Scheduler:
             budget -= 1 + len(draft)
             spare -= len(draft)
         return budget
+
+    def _even_drafts(self, decoders: list[Sequence], budget: int) -> list[list[int]]:
+        """Drafts of one length for every decoder: the shortest guess any of them has (so none is
+        wasted), within the row cap. Unequal counts would split the step (see point 8 above)."""
+        n = len(decoders)
+        if not n:
+            return []
+        each = min(max(0, self.draft_rows - n) // n, (budget - n) // n)
+        drafts = [self._draft(seq, each) for seq in decoders]
+        k = min(len(d) for d in drafts)
+        return [d[:k] for d in drafts]
 
     def _add_prompt_chunks(self, step: Step, prompts: list[Sequence], budget: int) -> None:
         """Oldest first, prompt chunks within the remaining budget."""

@@ -122,6 +122,7 @@ class Backend:
                 token_budget=s.prefill_chunk,
                 draft_tokens=s.draft_tokens,
                 host_cache_mb=s.cache_ram_mb,
+                kv_layout=s.kv_layout,
                 threads=threads,
             ),
         )
@@ -138,7 +139,7 @@ class Backend:
         m.keep_special(TOOL_CALL_MARKERS)
         log.info(
             "model %s (%s, %.0f MB) loaded; context %d tokens per request, KV cache %d tokens = %.0f MB "
-            "(budget %.0f MB), batch %d, %d threads, chat template: %s%s",
+            "(budget %.0f MB, %s), batch %d, %d threads, chat template: %s%s",
             self.model_id,
             info.architecture,
             info.file_size / MB,
@@ -146,6 +147,7 @@ class Backend:
             plan.kv_tokens,
             plan.kv_bytes / MB,
             plan.budget_bytes / MB,
+            "one stream per sequence" if self.engine.scheduler.kv.streams else "unified",
             s.batch_size,
             threads,
             self.template.family,

@@ -27,6 +27,7 @@ FLAG_KEYS = {
     "threads": "server.threads",
     "draft_tokens": "server.draft_tokens",
     "cache_ram_mb": "server.cache_ram_mb",
+    "kv_layout": "server.kv_layout",
     "gpu_layers": "server.gpu_layers",
     "api_key": "server.api_keys",
     "max_connections": "backend.max_connections",
@@ -51,6 +52,7 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-tokens", type=int, help="KV cache cells shared by all sequences")
     p.add_argument("--memory-budget-mb", type=int, help="memory for the KV cache (default: 25%% of free RAM)")
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    p.add_argument("--kv-layout", choices=["auto", "streams", "unified"], help="KV layout (default auto: one stream per sequence where every context fits)")
     p.add_argument("--cache-ram-mb", type=int, help="host RAM for idle prefix-cache entries, 0 keeps them in the KV cache (default 2048)")
     p.add_argument("--draft-tokens", type=int, help="prompt-lookup draft tokens per step, 0 turns speculation off (default 8)")
     p.add_argument("--gpu-layers", type=int, help="layers to offload to a GPU (-1: all)")
