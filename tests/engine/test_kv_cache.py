@@ -144,18 +144,22 @@ def test_streams_copy_a_whole_stream_and_cut_it_back():
     # One KV stream per sequence id: llama.cpp copies only a whole stream, so sharing a prefix is
     # a copy (the cells are the copy's own) followed by a trim to the shared length.
     mem = FakeMemory(streams=True)
-    kv = KVCache(64, 4, mem, streams=True)
-    system = list(range(100, 120))
+    kv = KVCache(512, 4, mem, streams=True)
+    system = list(range(100, 170))  # 70 tokens: above the shortest prefix worth a copy (64)
     a = fill(kv, mem, system + [1, 2], now=1)  # still running
     used = kv.n_used
     b, cached = kv.acquire(system + [3, 4], now=2)
-    assert b != a and cached == 20
+    assert b != a and cached == 70
     i = mem.calls.index(("cp", a, b, -1, -1))
-    assert mem.calls[i + 1] == ("rm", b, 20, -1)
+    assert mem.calls[i + 1] == ("rm", b, 70, -1)
     assert mem.kv[b] == system and kv.slots[b].tokens == system
-    assert kv.n_used == used + 20, "a copied prefix occupies cells of its own"
+    assert kv.n_used == used + 70, "a copied prefix occupies cells of its own"
     kv.release(b, now=3, keep=False)
     assert kv.n_used == used and kv.slots[a].tokens == system + [1, 2]
+    # A prompt sharing only its first tokens (every prompt's BOS) computes them: no stream copy.
+    calls = len(mem.calls)
+    c, cached = kv.acquire(system[:5] + [9, 9, 9], now=4)
+    assert cached == 0 and not any(x[0] == "cp" for x in mem.calls[calls:])
 
 
 def test_streams_keep_idle_entries_until_their_stream_is_taken():

@@ -133,6 +133,8 @@ class KVCache:
     def acquire(self, prompt: list[int], now: float) -> tuple[int, int] | None:
         """Give ``prompt`` a slot; return (seq_id, tokens already in its KV) or None if none is free."""
         best, best_len = self._best_slot(prompt)
+        if self.streams and best is not None and best_len < min(self._min_copy(), len(best.tokens)):
+            best, best_len = None, 0  # too short to copy a stream for: compute it, keep that entry whole
         saved = self._best_saved(prompt)
         if saved is not None and len(saved.tokens) > best_len:
             got = self._restore(saved.tokens, saved.data, now)
@@ -152,14 +154,14 @@ class KVCache:
             target = spare
         if target is best:
             self.trim(target.seq_id, best_len)
-        elif best is not None and best_len > 0 and self.streams:
+        elif best is not None and best_len >= self._min_copy() and self.streams:
             # Across streams llama.cpp copies a whole stream (it refuses part of one); cut it back.
             self.trim(target.seq_id, 0)
             self.ops.seq_cp(best.seq_id, target.seq_id, -1, -1)
             self.ops.seq_rm(target.seq_id, best_len, -1)
             self.allocate(target.seq_id, best.tokens[:best_len])
             target.floor = best.floor  # the copy has the same gaps
-        elif best is not None and best_len > 0:
+        elif best is not None and best_len > 0 and not self.streams:
             self.trim(target.seq_id, 0)
             self.ops.seq_cp(best.seq_id, target.seq_id, 0, best_len)
             target.tokens = best.tokens[:best_len]
@@ -173,6 +175,13 @@ class KVCache:
         target.last_used = now
         self.hit_tokens += best_len
         return target.seq_id, best_len
+
+    def _min_copy(self) -> int:
+        """Shortest shared prefix worth a stream copy. llama.cpp copies a whole stream (~18 KB a
+        cell on the embedded model, every cell of the stream whether used or not); recomputing a
+        token costs about as much as copying ~256 cells, so a prompt sharing only its first few
+        tokens (the BOS of every prompt) computes them instead."""
+        return max(MIN_SHARED, (self.n_cells // len(self.slots)) // 256)
 
     def _usable(self, slot: Slot, prompt: list[int]) -> int:
         """Tokens of ``prompt`` that ``slot``'s KV can serve (0 if the match ends below its floor).

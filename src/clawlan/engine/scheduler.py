@@ -192,15 +192,18 @@ class Scheduler:
         return budget
 
     def _even_drafts(self, decoders: list[Sequence], budget: int) -> list[list[int]]:
-        """Drafts of one length for every decoder: the shortest guess any of them has (so none is
-        wasted), within the row cap. Unequal counts would split the step (see point 8 above)."""
+        """Drafts of one length for every decoder, within the row cap: unequal counts would split
+        the step (see point 8 above). The length is the median of the decoders' guesses; shorter
+        guesses are padded with their last token, rows that will almost surely be rejected. A
+        drafted row costs about half a decode row, so padding pays while at least half of the
+        rows hold a real guess (on 2 cores: 16 rows 67 ms against 8 rows 45 ms)."""
         n = len(decoders)
         if not n:
             return []
         each = min(max(0, self.draft_rows - n) // n, (budget - n) // n)
         drafts = [self._draft(seq, each) for seq in decoders]
-        k = min(len(d) for d in drafts)
-        return [d[:k] for d in drafts]
+        k = sorted(len(d) for d in drafts)[(n - 1) // 2]
+        return [(d + [d[-1] if d else seq.tokens[-1]] * k)[:k] for d, seq in zip(drafts, decoders, strict=True)]
 
     def _add_prompt_chunks(self, step: Step, prompts: list[Sequence], budget: int) -> None:
         """Oldest first, prompt chunks within the remaining budget."""
