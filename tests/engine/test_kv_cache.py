@@ -182,3 +182,18 @@ def test_streams_keep_idle_entries_until_their_stream_is_taken():
     kv.release(c, now=6, keep=False)
     d, cached = kv.acquire(list(range(10, 30)) + [1, 2], now=7)
     assert cached == 20 and mem.kv[d] == list(range(10, 30))
+
+
+def test_streams_new_work_keeps_running_ids_contiguous():
+    # llama.cpp runs each run of consecutive stream ids as a micro-batch of its own, so a new
+    # prompt fills the gap between running sequences, even over an empty stream at the end.
+    from clawlan.engine.host_cache import HostCache
+
+    mem = FakeMemory(streams=True)
+    kv = KVCache(512, 4, mem, HostCache(1 << 20), streams=True)
+    a, b, c = (fill(kv, mem, [t] * 10 + [1], now=t) for t in (1, 2, 3))
+    assert (a, b, c) == (0, 1, 2)
+    kv.release(b, now=4)  # running: 0 and 2, with b's entry idle between them
+    d, cached = kv.acquire([9] * 10, now=5)
+    assert d == b and cached == 0, "stream 3 would leave running ids 0 | 2, 3"
+    assert ("save", b) in mem.calls  # b's entry went to host RAM first

@@ -143,6 +143,11 @@ class KVCache:
                 return got
         if best is not None and not best.busy and best_len == len(best.tokens):
             target = best  # the previous turn of this conversation: extend it in place
+        elif self.streams:
+            spare = self._spare_slot()  # the stream that keeps running ones contiguous
+            if spare is None:
+                return None
+            target = spare
         elif (empty := self._empty_slot()) is not None:
             target = empty
         elif best is not None and not best.busy:
@@ -207,7 +212,21 @@ class KVCache:
         return next((s for s in self.slots if not s.busy and not s.tokens), None)
 
     def _spare_slot(self) -> Slot | None:
-        """An empty slot, else the least recently used idle one emptied; None if all are busy."""
+        """An empty slot, else the least recently used idle one emptied; None if all are busy.
+
+        With streams, first the one that leaves the running sequences in the fewest runs of
+        consecutive ids: llama.cpp runs each run as a micro-batch of its own (4 sequences on
+        ids 0, 2, 4, 6 decoded in 90 ms, on 0-3 in 42 ms)."""
+        if self.streams:
+            free = [s for s in self.slots if not s.busy]
+            if not free:
+                return None
+            target = min(free, key=lambda s: (self._runs_with(s.seq_id), bool(s.tokens), s.last_used))
+            if target.tokens:
+                if self.host is not None:
+                    self._save(target, len(target.tokens), None)  # its stream is needed: keep the entry in RAM
+                self.drop(target.seq_id)
+            return target
         empty = self._empty_slot()
         if empty is not None:
             return empty
@@ -215,10 +234,13 @@ class KVCache:
         if not idle:
             return None
         target = min(idle, key=lambda s: s.last_used)
-        if self.streams and self.host is not None:
-            self._save(target, len(target.tokens), None)  # its stream is needed: keep the entry in RAM
         self.drop(target.seq_id)
         return target
+
+    def _runs_with(self, seq_id: int) -> int:
+        """Runs of consecutive busy ids if ``seq_id`` became busy too."""
+        busy = [s.busy or s.seq_id == seq_id for s in self.slots]
+        return sum(1 for i, b in enumerate(busy) if b and (i == 0 or not busy[i - 1]))
 
     def cached_len(self, prompt: list[int]) -> int:
         """How many of ``prompt``'s tokens ``acquire`` would find cached (a read-only probe)."""
