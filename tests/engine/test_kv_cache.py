@@ -197,3 +197,18 @@ def test_streams_new_work_keeps_running_ids_contiguous():
     d, cached = kv.acquire([9] * 10, now=5)
     assert d == b and cached == 0, "stream 3 would leave running ids 0 | 2, 3"
     assert ("save", b) in mem.calls  # b's entry went to host RAM first
+
+
+def test_streams_reuse_the_entry_holding_the_prefix_when_no_other_stream_is_free():
+    # Regression: the stream chooser emptied the very entry whose prefix was being reused, and the
+    # request then started at a position its stream no longer held (llama_decode returned -1).
+    mem = FakeMemory(streams=True)
+    kv = KVCache(512, 2, mem, streams=True)
+    system = list(range(100, 170))
+    a = fill(kv, mem, system + [1, 2, 3], now=1)
+    kv.release(a, now=2)
+    b = fill(kv, mem, [7] * 20, now=3)  # the other stream is running
+    c, cached = kv.acquire(system + [4, 5], now=4)
+    assert c == a and cached == 70
+    assert mem.kv[c] == system + [4, 5][:0] and kv.slots[c].tokens == system  # KV holds what is "cached"
+    assert kv.slots[b].busy

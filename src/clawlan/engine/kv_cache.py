@@ -144,10 +144,15 @@ class KVCache:
         if best is not None and not best.busy and best_len == len(best.tokens):
             target = best  # the previous turn of this conversation: extend it in place
         elif self.streams:
-            spare = self._spare_slot()  # the stream that keeps running ones contiguous
-            if spare is None:
+            # The stream that keeps running ones contiguous, never the entry holding our prefix
+            # (emptying it would lose what we are about to reuse); that one only as a last resort.
+            spare = self._spare_slot(keep=best)
+            if spare is not None:
+                target = spare
+            elif best is not None and not best.busy:
+                target = best
+            else:
                 return None
-            target = spare
         elif (empty := self._empty_slot()) is not None:
             target = empty
         elif best is not None and not best.busy:
@@ -211,14 +216,14 @@ class KVCache:
     def _empty_slot(self) -> Slot | None:
         return next((s for s in self.slots if not s.busy and not s.tokens), None)
 
-    def _spare_slot(self) -> Slot | None:
+    def _spare_slot(self, keep: Slot | None = None) -> Slot | None:
         """An empty slot, else the least recently used idle one emptied; None if all are busy.
 
         With streams, first the one that leaves the running sequences in the fewest runs of
         consecutive ids: llama.cpp runs each run as a micro-batch of its own (4 sequences on
-        ids 0, 2, 4, 6 decoded in 90 ms, on 0-3 in 42 ms)."""
+        ids 0, 2, 4, 6 decoded in 90 ms, on 0-3 in 42 ms). ``keep`` is never chosen."""
         if self.streams:
-            free = [s for s in self.slots if not s.busy]
+            free = [s for s in self.slots if not s.busy and s is not keep]
             if not free:
                 return None
             target = min(free, key=lambda s: (self._runs_with(s.seq_id), bool(s.tokens), s.last_used))
