@@ -158,6 +158,7 @@ def test_streams_copy_a_whole_stream_and_cut_it_back():
     assert kv.n_used == used and kv.slots[a].tokens == system + [1, 2]
     # A prompt sharing only its first tokens (every prompt's BOS) computes them: no stream copy.
     calls = len(mem.calls)
+    assert kv.cached_len(system[:5] + [9, 9, 9]) == 0  # the probe agrees with acquire
     c, cached = kv.acquire(system[:5] + [9, 9, 9], now=4)
     assert cached == 0 and not any(x[0] == "cp" for x in mem.calls[calls:])
 

@@ -30,8 +30,10 @@ When the cache holds every sequence's whole context (``kv_tokens >= batch x
 context``), the engine gives each sequence id a KV *stream* of its own
 instead, llama-server's layout: attention never scans other sequences'
 cells, which makes prompts ~8% cheaper. Then there is one slot per stream (no
-spare ids), a prefix shared with another slot is copied (llama.cpp copies a
-whole stream, then the copy is cut back), idle entries cost the running
+spare ids), a prefix shared with another slot is copied when it is long enough
+to be worth it (llama.cpp copies a whole stream, then the copy is cut back),
+new work takes the free stream that keeps running ids contiguous, idle entries
+cost the running
 sequences nothing and stay where they are, and an idle entry is saved to host
 RAM only when its stream is taken for another prompt.
 """
@@ -133,8 +135,6 @@ class KVCache:
     def acquire(self, prompt: list[int], now: float) -> tuple[int, int] | None:
         """Give ``prompt`` a slot; return (seq_id, tokens already in its KV) or None if none is free."""
         best, best_len = self._best_slot(prompt)
-        if self.streams and best is not None and best_len < min(self._min_copy(), len(best.tokens)):
-            best, best_len = None, 0  # too short to copy a stream for: compute it, keep that entry whole
         saved = self._best_saved(prompt)
         if saved is not None and len(saved.tokens) > best_len:
             got = self._restore(saved.tokens, saved.data, now)
@@ -202,12 +202,17 @@ class KVCache:
         return n if n >= slot.floor else 0
 
     def _best_slot(self, prompt: list[int]) -> tuple[Slot | None, int]:
-        """The slot whose KV serves the most of ``prompt``, and how much (None, 0 if none does)."""
+        """The slot whose KV serves the most of ``prompt``, and how much (None, 0 if none does).
+        With streams, a partial match too short to copy a stream for counts as none: it is
+        computed instead, and the entry holding it stays whole (``acquire`` and ``cached_len``
+        both see it so)."""
         best, best_len = None, 0
         for s in self.slots:
             n = self._usable(s, prompt)
             if n > best_len:
                 best, best_len = s, n
+        if self.streams and best is not None and best_len < min(self._min_copy(), len(best.tokens)):
+            return None, 0
         return best, best_len
 
     def _best_saved(self, prompt: list[int]) -> Saved | None:
