@@ -36,8 +36,8 @@ Policy, in order:
    equal token counts; otherwise it splits it, and each part pays a step's
    fixed cost (8 sequences x 2 tokens: 56 ms in order, 154 ms shuffled). So a
    step's chunks are put in id order, every decoder drafts the same number of
-   tokens (the fewest any of them has a guess for), and prompt chunks ride in
-   the decode step (llama.cpp runs them as a micro-batch of their own; mixing
+   tokens (the median of their guesses' lengths, shorter ones padded), and
+   prompt chunks ride in the decode step (llama.cpp runs them as a micro-batch of their own; mixing
    costs nothing here, 304 ms against 296 ms apart).
 """
 

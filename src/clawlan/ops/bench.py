@@ -299,6 +299,11 @@ async def stream_request(
 # --- rounds -------------------------------------------------------------------------------------
 
 
+def base_url(url: str) -> str:
+    """A server's URL as requests are built on it: no trailing slash, no ``/v1``."""
+    return url.rstrip("/").removesuffix("/v1")
+
+
 class Bench:
     """Runs a :class:`Workload` against one or more servers. ``on_request`` ticks once per request."""
 
@@ -312,7 +317,7 @@ class Bench:
         self.tick = on_request or (lambda: None)
         # Per server (base URL), fields added to every request body: llama-cpp-python's server has
         # no ignore_eos, so the benchmark gives it a logit bias against end-of-generation instead.
-        self.extra = {url.rstrip("/").removesuffix("/v1"): body for url, body in (extra_body or {}).items()}
+        self.extra = {base_url(url): body for url, body in (extra_body or {}).items()}
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.w.api_key}"} if self.w.api_key else {}
@@ -404,7 +409,7 @@ class Bench:
         out: list[ServerResult] = []
         async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
             for name, url in servers:
-                url = url.rstrip("/").removesuffix("/v1")
+                url = base_url(url)
                 out.append(ServerResult(name, url, await self.model_id(client, url)))
             for c in self.w.concurrency:
                 prompts = [pm.prompt(self.w.input_tokens) for _ in range(c * self.w.requests_per_client)]
