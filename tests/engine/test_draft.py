@@ -148,3 +148,13 @@ def test_a_sequence_whose_drafts_fail_stops_drafting(make_harness):
     h.run()
     h.check_reference(rid, 80)
     assert 8 <= h.sched.drafted <= 16, h.sched.drafted
+
+
+def test_a_single_token_match_is_used_only_when_asked_for() -> None:
+    # "5" occurred before, followed by 8: no 2-gram matches the suffix "3 5", a 1-gram does
+    toks = [1, 5, 8, 9, 3, 5]
+    assert NgramIndex().propose(toks, 2) == []
+    assert NgramIndex().propose(toks, 2, shortest=1) == [8, 9]
+    # a longer match still wins when there is one
+    toks = [4, 5, 6, 1, 5, 7, 4, 5]
+    assert NgramIndex().propose(toks, 1, shortest=1) == [6]

@@ -474,3 +474,23 @@ def test_streams_steps_run_as_one_micro_batch(make_harness):
         assert len({c[3] for c in decoders}) <= 1, f"unequal drafts in one step: {decoders}"
         mixed += bool(decoders) and len(decoders) < len(chunks)
     assert mixed, "no step carried a prompt chunk beside decoders: the mixed path is untested"
+
+
+def test_streams_decoders_fill_the_step_draft_length_with_their_best_guess(make_harness):
+    # With one stream per sequence every decoder feeds the step's draft length (the rows are paid
+    # for anyway): a decoder whose text only repeats its last token guesses from that token rather
+    # than padding with a row that is sure to be rejected.
+    from clawlan.engine.request import Request
+    from clawlan.engine.sequence import Sequence
+
+    h = make_harness(batch_size=2, draft_tokens=4, streams=True, draft_rows=10)
+    looping = Sequence(Request([2, 10, 11, 12, 10, 11]), arrival=0.0)  # "10 11" repeats: guess 12 10 11
+    single = Sequence(Request([2, 20, 21, 22, 23, 20]), arrival=0.0)  # only "20" repeats: guess 21 22 23
+    for s in (looping, single):
+        s.n_computed = len(s.tokens) - 1
+    # each may draft 4 (10 rows for 2 decoders); 2 x 5 rows would not come in fours, 2 x 4 do
+    assert h.sched._even_drafts([looping, single], budget=64) == [[12, 10, 11], [21, 22, 23]]
+    # five decoders voting for 2-token drafts feed 1 each: 5 x 3 = 15 rows would not come in fours
+    seqs = [Sequence(Request([2, 10 + i, 11, 12, 10 + i, 11]), arrival=0.0) for i in range(5)]
+    h = make_harness(batch_size=5, draft_tokens=4, streams=True, draft_rows=15)
+    assert [len(d) for d in h.sched._even_drafts(seqs, budget=64)] == [1] * 5

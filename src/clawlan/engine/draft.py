@@ -15,7 +15,11 @@ speculation, llama.cpp ``ngram-simple``.
 from __future__ import annotations
 
 NGRAM_MAX = 3  # longest suffix looked up; longer matches predict better
-NGRAM_MIN = 2  # a single repeated token predicts too little to be worth a row
+NGRAM_MIN = 2  # a single repeated token predicts too little to be worth a row of its own...
+# ...but it beats a row that is paid for anyway: with one KV stream per sequence every decoder
+# feeds the step's draft length (the scheduler's even drafts), and a guess from the last token
+# alone is right far more often than padding.
+NGRAM_SHORTEST = 1
 
 
 class NgramIndex:
@@ -35,13 +39,14 @@ class NgramIndex:
         end = len(tokens) - 1  # the last token's n-grams are the query, not the index
         nxt = self._next
         for i in range(self._upto, end):
-            for n in range(NGRAM_MIN, NGRAM_MAX + 1):
+            for n in range(NGRAM_SHORTEST, NGRAM_MAX + 1):
                 if i + 1 >= n:
                     nxt[tuple(tokens[i + 1 - n : i + 1])] = i + 1
         self._upto = max(self._upto, end)
 
-    def propose(self, tokens: list[int], k: int) -> list[int]:
-        """``k`` tokens that followed the longest earlier match of the list's suffix.
+    def propose(self, tokens: list[int], k: int, shortest: int = NGRAM_MIN) -> list[int]:
+        """``k`` tokens that followed the longest earlier match of the list's suffix, a match
+        of at least ``shortest`` tokens.
 
         When the match is recent, fewer than ``k`` tokens follow it: the text since then is
         taken as a loop and repeated (a list's markup, a repeated phrase). Without that, a
@@ -51,7 +56,7 @@ class NgramIndex:
         if k <= 0:
             return []
         self._sync(tokens)
-        for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
+        for n in range(NGRAM_MAX, max(shortest, NGRAM_SHORTEST) - 1, -1):
             if len(tokens) <= n:
                 continue
             at = self._next.get(tuple(tokens[-n:]))

@@ -15,6 +15,7 @@ from pathlib import Path
 import llama_cpp as L
 import numpy as np
 
+from clawlan.engine.microbatch import Part, pad
 from clawlan.errors import EngineError, ModelFileError
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,10 @@ class Context:
             )
         self.n_ctx = L.llama_n_ctx(self.ptr)
         self.n_batch = n_batch
+        self.n_seq = n_seq
+        self.unified = unified
+        # Round decode steps to llama.cpp's fast micro-batch shapes (engine/microbatch.py).
+        self.pad_steps = True
         self.memory = L.llama_get_memory(self.ptr)
         self.batch = L.llama_batch_init(n_batch, 0, 1)
         self._tok = np.ctypeslib.as_array(self.batch.token, shape=(n_batch,))
@@ -203,24 +208,44 @@ class Context:
 
         A chunk's last ``n_logits`` tokens get output rows (1 to sample the next
         token, more to check a draft). Returns llama_decode's status and the batch
-        indices of all output rows, in order.
+        indices of all output rows, in the chunks' order.
+
+        The batch is first padded to a fast micro-batch shape (:mod:`clawlan.engine.microbatch`):
+        filler tokens in unused streams, removed again here, and output rows nobody reads.
         """
+        plan = [Part(sid, start, tokens, n_logits) for sid, start, tokens, n_logits in parts]
+        if self.pad_steps and sum(n for *_, n in parts) > 1:
+            plan = pad(
+                plan,
+                streams=not self.unified,
+                n_seq=self.n_seq,
+                n_ubatch=self.n_batch,
+                next_pos=lambda s: L.llama_memory_seq_pos_max(self.memory, s) + 1,
+                stream_cells=self.n_ctx // self.n_seq if not self.unified else self.n_ctx,
+            )
         i = 0
-        out: list[int] = []
+        rows: dict[int, list[int]] = {}
         seq_id = self.batch.seq_id
-        for sid, start, tokens, n_logits in parts:
-            n = len(tokens)
-            self._tok[i : i + n] = tokens
-            self._pos[i : i + n] = np.arange(start, start + n, dtype=np.int32)
+        for p in plan:
+            n = len(p.tokens)
+            self._tok[i : i + n] = p.tokens
+            self._pos[i : i + n] = np.arange(p.start, p.start + n, dtype=np.int32)
             self._logits[i : i + n] = 0
+            self._logits[i : i + p.n_head] = 1
             for j in range(i, i + n):
-                seq_id[j][0] = sid
+                seq_id[j][0] = p.seq_id
             i += n
-            if n_logits:
-                self._logits[i - n_logits : i] = 1
-                out.extend(range(i - n_logits, i))
+            if p.n_logits:
+                self._logits[i - p.n_logits : i] = 1
+                rows[p.seq_id] = list(range(i - p.n_logits, i))
         self.batch.n_tokens = i
-        return L.llama_decode(self.ptr, self.batch), out
+        try:
+            status = L.llama_decode(self.ptr, self.batch)
+        finally:
+            for p in plan:
+                if p.filler:
+                    L.llama_memory_seq_rm(self.memory, p.seq_id, p.start, -1)
+        return status, [r for sid, *_ in parts for r in rows.get(sid, ())]
 
     def logits(self, index: int) -> np.ndarray:
         ptr = L.llama_get_logits_ith(self.ptr, index)

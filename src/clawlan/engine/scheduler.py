@@ -47,8 +47,9 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-from clawlan.engine.draft import NgramIndex
+from clawlan.engine.draft import NGRAM_MIN, NGRAM_SHORTEST, NgramIndex
 from clawlan.engine.kv_cache import KVCache
+from clawlan.engine.microbatch import rounded_tokens
 from clawlan.engine.sequence import Sequence, Status
 
 log = logging.getLogger(__name__)
@@ -193,17 +194,27 @@ class Scheduler:
 
     def _even_drafts(self, decoders: list[Sequence], budget: int) -> list[list[int]]:
         """Drafts of one length for every decoder, within the row cap: unequal counts would split
-        the step (see point 8 above). The length is the median of the decoders' guesses; shorter
-        guesses are padded with their last token, rows that will almost surely be rejected. A
-        drafted row costs about half a decode row, so padding pays while at least half of the
-        rows hold a real guess (on 2 cores: 16 rows 67 ms against 8 rows 45 ms)."""
+        the step (see point 8 above). The length is the median of what the decoders would draft
+        on their own; every decoder then fills it with its best guess, down to a match of its
+        last token alone, since the rows are paid for anyway. A decoder with no guess at all is
+        padded with its last token, a row that will almost surely be rejected. A drafted row
+        costs about half a decode row, so this pays while most rows hold a real guess (on 2
+        cores: 16 rows 67 ms against 8 rows 45 ms).
+
+        A decoder too near the end of its context or of its stream for the step's length drafts
+        nothing: its tokens would not fit."""
         n = len(decoders)
         if not n:
             return []
         each = min(max(0, self.draft_rows - n) // n, (budget - n) // n)
-        drafts = [self._draft(seq, each) for seq in decoders]
-        k = sorted(len(d) for d in drafts)[(n - 1) // 2]
-        return [(d + [d[-1] if d else seq.tokens[-1]] * k)[:k] for d, seq in zip(drafts, decoders, strict=True)]
+        guesses = [self._guess(seq, each, shortest=NGRAM_SHORTEST) for seq in decoders]
+        votes = sorted(min(len(g), self._draft_room(seq, each)) for g, seq in zip(guesses, decoders, strict=True))
+        k = rounded_tokens(n, 1 + votes[(n - 1) // 2]) - 1  # output rows come in fours: microbatch.py
+        drafts = []
+        for g, seq in zip(guesses, decoders, strict=True):
+            fits = self.max_seq_tokens - len(seq.tokens) - 1 >= k
+            drafts.append((g + [g[-1] if g else seq.tokens[-1]] * k)[:k] if fits else [])
+        return drafts
 
     def _add_prompt_chunks(self, step: Step, prompts: list[Sequence], budget: int) -> None:
         """Oldest first, prompt chunks within the remaining budget."""
@@ -261,23 +272,35 @@ class Scheduler:
         self._allocate(seq, tokens)
         return True
 
-    def _draft(self, seq: Sequence, rows: int) -> list[int]:
-        """A guess at ``seq``'s next tokens, at most ``rows`` long; empty when drafting is off or idle."""
+    def _draft_room(self, seq: Sequence, rows: int) -> int:
+        """How many tokens ``seq`` should draft this step, at most ``rows``; 0 when it should not."""
         if seq.draft_len is None:
             seq.draft_len = self.draft_tokens
-        room = min(
-            rows,
-            seq.draft_len,  # never above draft_tokens
-            seq.params.max_tokens - seq.n_generated - 1,  # tokens past max_tokens would be thrown away
-            self.max_seq_tokens - len(seq.tokens) - 1,
-        )
         # A sequence whose guesses mostly fail stops guessing: each wrong row costs about half a
         # decode row. Its text is not repeating itself, and lookups would only add cost.
-        if room <= 0 or (seq.draft_tries >= 8 and seq.draft_hits < seq.draft_tries // 4):
+        if seq.draft_tries >= 8 and seq.draft_hits < seq.draft_tries // 4:
+            return 0
+        return max(
+            0,
+            min(
+                rows,
+                seq.draft_len,  # never above draft_tokens
+                seq.params.max_tokens - seq.n_generated - 1,  # tokens past max_tokens would be thrown away
+                self.max_seq_tokens - len(seq.tokens) - 1,
+            ),
+        )
+
+    def _guess(self, seq: Sequence, rows: int, shortest: int = NGRAM_MIN) -> list[int]:
+        """``seq``'s guess at its next ``rows`` tokens (shorter, or none, where its text has no match)."""
+        if rows <= 0 or self.draft_tokens <= 0:
             return []
         if seq.ngrams is None:
             seq.ngrams = NgramIndex()
-        return seq.ngrams.propose(seq.tokens, room)
+        return seq.ngrams.propose(seq.tokens, rows, shortest)
+
+    def _draft(self, seq: Sequence, rows: int) -> list[int]:
+        """A guess at ``seq``'s next tokens, at most ``rows`` long; empty when drafting is off or idle."""
+        return self._guess(seq, self._draft_room(seq, rows))
 
     def _make_room(self, seq: Sequence, n: int, step: Step) -> bool:
         """Preempt newest running sequences until ``n`` cells are free for ``seq``."""
