@@ -483,13 +483,17 @@ def test_streams_decoders_fill_the_step_draft_length_with_their_best_guess(make_
     from clawlan.engine.request import Request
     from clawlan.engine.sequence import Sequence
 
-    h = make_harness(batch_size=2, draft_tokens=4, streams=True, draft_rows=10)
-    looping = Sequence(Request([2, 10, 11, 12, 10, 11]), arrival=0.0)  # "10 11" repeats: guess 12 10 11
+    h = make_harness(batch_size=3, draft_tokens=4, streams=True, draft_rows=15)
+    looping = [Sequence(Request([2, 10, i, 12, 10, i]), arrival=0.0) for i in (11, 13)]  # "10 i" repeats
     single = Sequence(Request([2, 20, 21, 22, 23, 20]), arrival=0.0)  # only "20" repeats: guess 21 22 23
-    for s in (looping, single):
+    for s in [*looping, single]:
         s.n_computed = len(s.tokens) - 1
-    # each may draft 4 (10 rows for 2 decoders); 2 x 5 rows would not come in fours, 2 x 4 do
-    assert h.sched._even_drafts([looping, single], budget=64) == [[12, 10, 11], [21, 22, 23]]
+    # each may draft 4 (15 rows for 3 decoders); the loops vote 4, the single-token match does not
+    # vote; 3 x 5 rows would not come in fours, 3 x 4 do
+    assert h.sched._even_drafts([*looping, single], budget=64) == [[12, 10, 11], [12, 10, 13], [21, 22, 23]]
+    # a lone decoder with only a single-token match drafts nothing: nobody pays for its rows
+    h = make_harness(batch_size=1, draft_tokens=4, streams=True, draft_rows=8)
+    assert h.sched._even_drafts([single], budget=64) == [[]]
     # five decoders voting for 2-token drafts feed 1 each: 5 x 3 = 15 rows would not come in fours
     seqs = [Sequence(Request([2, 10 + i, 11, 12, 10 + i, 11]), arrival=0.0) for i in range(5)]
     h = make_harness(batch_size=5, draft_tokens=4, streams=True, draft_rows=15)
