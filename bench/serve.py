@@ -101,16 +101,17 @@ def server(plan: Plan, out: Path) -> Iterator[str]:
                 proc.kill()
 
 
-def in_process(model: Path, w: Workload, args: argparse.Namespace, n: int) -> dict[str, float]:
+def in_process(model: Path, w: Workload, args: argparse.Namespace, prompts: list[str]) -> dict[str, float]:
     """Single-stream TTFT and TPOT of the same workload through the engine alone (no HTTP), for
-    the "HTTP decode >= 0.95x in process" check: same prompts' length, output length, settings."""
+    the "HTTP decode >= 0.95x in process" check: the first repeat's single-stream prompts, same
+    output length and settings. The same prompts matter: drafts make the speed depend on the text
+    (one stream's TPOT p50 ranged 5.7-9.2 ms over five repeats' prompts)."""
     import asyncio
     import statistics
 
     from clawlan.engine.engine import EngineConfig, build_engine
     from clawlan.engine.llama import Model
     from clawlan.engine.request import Request, SamplingParams
-    from clawlan.ops.bench import PromptMaker
 
     m = Model(model)
     eng = build_engine(
@@ -119,7 +120,6 @@ def in_process(model: Path, w: Workload, args: argparse.Namespace, n: int) -> di
                      threads=args.threads),
     )  # fmt: skip
     eng.start()
-    pm = PromptMaker(seed=1)
 
     async def one(prompt: str) -> tuple[float, float]:
         params = SamplingParams(max_tokens=w.output_tokens, temperature=0.0, ignore_eos=True)
@@ -132,7 +132,7 @@ def in_process(model: Path, w: Workload, args: argparse.Namespace, n: int) -> di
         return (first - t0) * 1000, (time.perf_counter() - first) * 1000 / (tokens - 1)
 
     try:
-        runs = [asyncio.run(one(pm.prompt(w.input_tokens))) for _ in range(n)]
+        runs = [asyncio.run(one(p)) for p in prompts]
     finally:
         eng.stop()
         m.close()
@@ -250,6 +250,7 @@ def main() -> int:
     from tqdm import tqdm
 
     runs: list[list[ServerResult]] = []
+    first: Bench | None = None
     with contextlib.ExitStack() as stack:
         urls = [(p.name, stack.enter_context(server(p, out))) for p in plans]
         extra = {p.url: p.extra_body for p in plans if p.extra_body}
@@ -258,11 +259,13 @@ def main() -> int:
             bench = Bench(replace(w, seed=w.seed + i), on_request=lambda b=bar: b.update(1), extra_body=extra)
             bar.total = bench.total_requests(len(urls))
             runs.append(bench.run(urls))
+            first = first or bench
             bar.close()
     results = runs[0]
     inproc = None
     if args.only != "peer" and not args.no_in_process and 1 in w.concurrency:
-        inproc = in_process(model, w, args, n=max(4, 2 * args.requests_per_client))
+        assert first is not None
+        inproc = in_process(model, w, args, dict(first.prompts)[1])  # what the first repeat sent
     stamp = time.strftime("%Y%m%d-%H%M%S")
     j = write_json(results, w, out / f"serve-{stamp}.json")
     import json

@@ -102,6 +102,17 @@ def test_metrics_follow_the_definitions(two_servers) -> None:
     assert a.switch is not None and a.switch.other_sessions == 2
 
 
+def test_round_prompts_are_the_prompts_a_run_sends(two_servers) -> None:
+    # bench/serve.py replays the single-stream round's prompts in process; they must be the same.
+    url_a, prompts_a, url_b, prompts_b = two_servers
+    w = Workload(input_tokens=30, output_tokens=2, requests_per_client=2, concurrency=[1, 2], seed=5)
+    bench = Bench(w)
+    bench.run([("a", url_a)], switch=False)
+    rounds = bench.prompts
+    assert [(c, len(p)) for c, p in rounds] == [(1, 2), (2, 4)]
+    assert sorted(prompts_a[:2]) == sorted(rounds[0][1]) and sorted(prompts_a[2:]) == sorted(rounds[1][1])
+
+
 def test_prompts_are_fresh_from_the_first_token(two_servers) -> None:
     url_a, prompts_a, url_b, prompts_b = two_servers
     w = Workload(input_tokens=30, output_tokens=2, requests_per_client=1, concurrency=[2, 2])

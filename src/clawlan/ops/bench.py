@@ -318,6 +318,7 @@ class Bench:
         # Per server (base URL), fields added to every request body: llama-cpp-python's server has
         # no ignore_eos, so the benchmark gives it a logit bias against end-of-generation instead.
         self.extra = {base_url(url): body for url, body in (extra_body or {}).items()}
+        self.prompts: list[tuple[int, list[str]]] = []  # the last run's rounds: concurrency, prompts
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.w.api_key}"} if self.w.api_key else {}
@@ -396,6 +397,10 @@ class Bench:
             again.cached_tokens,
         )
 
+    def round_prompts(self, pm: PromptMaker) -> list[tuple[int, list[str]]]:
+        """Each round's concurrency and prompts; :meth:`run_async` keeps the last run's in ``prompts``."""
+        return [(c, [pm.prompt(self.w.input_tokens) for _ in range(c * self.w.requests_per_client)]) for c in self.w.concurrency]
+
     async def run_async(self, servers: list[tuple[str, str]], switch: bool = True) -> list[ServerResult]:
         """Run the workload on each (name, base_url). Rounds alternate between servers, concurrency by
         concurrency, with the same fresh prompts for each server and new ones for every round."""
@@ -411,8 +416,8 @@ class Bench:
             for name, url in servers:
                 url = base_url(url)
                 out.append(ServerResult(name, url, await self.model_id(client, url)))
-            for c in self.w.concurrency:
-                prompts = [pm.prompt(self.w.input_tokens) for _ in range(c * self.w.requests_per_client)]
+            self.prompts = self.round_prompts(pm)
+            for c, prompts in self.prompts:
                 for res in out:
                     res.rounds.append(await self.round(client, res.base_url, res.model, c, prompts))
             if switch:
