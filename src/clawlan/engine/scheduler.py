@@ -36,9 +36,11 @@ Policy, in order:
    equal token counts; otherwise it splits it, and each part pays a step's
    fixed cost (8 sequences x 2 tokens: 56 ms in order, 154 ms shuffled). So a
    step's chunks are put in id order, every decoder drafts the same number of
-   tokens (the median of their guesses' lengths, shorter ones padded), and
-   prompt chunks ride in the decode step (llama.cpp runs them as a micro-batch of their own; mixing
-   costs nothing here, 304 ms against 296 ms apart).
+   tokens (the median of their own drafts' lengths, rounded so that output rows
+   come in fours; each decoder fills it with its best guess, down to a one-token
+   match), and prompt chunks ride in the decode step (llama.cpp runs them as a micro-batch of their own; mixing
+   costs nothing here, 304 ms against 296 ms apart). A free stream among the
+   decoders is filled in by ``llama.Context.decode`` (:mod:`clawlan.engine.microbatch`).
 """
 
 from __future__ import annotations
