@@ -494,7 +494,12 @@ def test_streams_decoders_fill_the_step_draft_length_with_their_best_guess(make_
     # a lone decoder with only a single-token match drafts nothing: nobody pays for its rows
     h = make_harness(batch_size=1, draft_tokens=4, streams=True, draft_rows=8)
     assert h.sched._even_drafts([single], budget=64) == [[]]
-    # five decoders voting for 2-token drafts feed 1 each: 5 x 3 = 15 rows would not come in fours
-    seqs = [Sequence(Request([2, 10 + i, 11, 12, 10 + i, 11]), arrival=0.0) for i in range(5)]
-    h = make_harness(batch_size=5, draft_tokens=4, streams=True, draft_rows=15)
-    assert [len(d) for d in h.sched._even_drafts(seqs, budget=64)] == [1] * 5
+    # six decoders voting for 2-token drafts, every stream busy: 6 x 3 = 18 rows would not come
+    # in fours and no stream is free for a filler row, so they feed 2 each (12 rows)
+    seqs = [Sequence(Request([2, 10 + i, 11, 12, 10 + i, 11]), arrival=0.0) for i in range(6)]
+    h = make_harness(batch_size=6, draft_tokens=4, streams=True, draft_rows=18)
+    h.sched.running = list(seqs)
+    assert [len(d) for d in h.sched._even_drafts(seqs, budget=64)] == [1] * 6
+    h = make_harness(batch_size=8, draft_tokens=4, streams=True, draft_rows=18)  # two streams free
+    h.sched.running = list(seqs)
+    assert [len(d) for d in h.sched._even_drafts(seqs, budget=64)] == [2] * 6

@@ -213,7 +213,7 @@ class Context:
         The batch is first padded to a fast micro-batch shape (:mod:`clawlan.engine.microbatch`):
         filler tokens in unused streams, removed again here, and output rows nobody reads.
         """
-        plan = [Part(sid, start, tokens, n_logits) for sid, start, tokens, n_logits in parts]
+        plan = [Part(sid, start, tokens, n_logits, index=k) for k, (sid, start, tokens, n_logits) in enumerate(parts)]
         if self.pad_steps and sum(n for *_, n in parts) > 1:
             plan = pad(
                 plan,
@@ -237,7 +237,7 @@ class Context:
             i += n
             if p.n_logits:
                 self._logits[i - p.n_logits : i] = 1
-                rows[p.seq_id] = list(range(i - p.n_logits, i))
+                rows[p.index] = list(range(i - p.n_logits, i))
         self.batch.n_tokens = i
         try:
             status = L.llama_decode(self.ptr, self.batch)
@@ -245,7 +245,7 @@ class Context:
             for p in plan:
                 if p.filler:
                     L.llama_memory_seq_rm(self.memory, p.seq_id, p.start, -1)
-        return status, [r for sid, *_ in parts for r in rows.get(sid, ())]
+        return status, [r for k in range(len(parts)) for r in rows.get(k, ())]
 
     def logits(self, index: int) -> np.ndarray:
         ptr = L.llama_get_logits_ith(self.ptr, index)

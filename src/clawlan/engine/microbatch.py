@@ -3,8 +3,9 @@
 Two facts about llama.cpp's CPU path, measured on a 2-core x86 machine (docs/benchmarks.md):
 
 1. **Micro-batches.** With one KV stream per sequence, ``llama_decode`` runs a batch as
-   micro-batches: the first takes, from the lowest sequence id up, a run of *consecutive* ids and
-   the same number of tokens from each (``split_equal``); what is left goes into further ones.
+   micro-batches: each takes, from the first unused token in batch order (the lowest id, as the
+   scheduler sorts its steps), a run of *consecutive* ids and the same number of tokens from
+   each (``split_equal``); what is left goes into further ones.
    Seven decoders with a free stream among them are two micro-batches, not one.
 2. **Output rows come in fours.** Most of a small model's decode step is the vocabulary-sized
    output projection, computed once per micro-batch over its output rows, and llamafile's
@@ -14,15 +15,16 @@ Two facts about llama.cpp's CPU path, measured on a 2-core x86 machine (docs/ben
 
 So a decode step is padded before it is decoded:
 
-* a stream between the step's sequences that the step does not use gets *filler* tokens, as many
-  as each decoder feeds, so that the decoders stay one micro-batch; a filler is removed from its
+* a stream between the decoders that the step does not use gets *filler* tokens, as many as
+  each decoder feeds, so that the decoders stay one micro-batch; a filler is removed from its
   stream right after the decode;
-* tokens already in the first micro-batch (the first tokens of a prompt chunk) are marked as
-  outputs, and a few fillers may be added beside the run, until the output rows are a multiple
-  of four. Those rows are computed and never read.
+* tokens already in the decoders' micro-batch (fillers', then a prompt chunk's first tokens)
+  are marked as outputs, and a few fillers may be added beside the run, until the output rows
+  are a multiple of four. Those rows are computed and never read.
 
-A filler token costs a pass through the model body (about 1.4 ms here) and a micro-batch
-saved is 15-25 ms, so a few fillers between decoders pay; at the edges, where they only round the
+A filler token costs a pass through the model body (about 1.4 ms here, beside sequences of a
+few hundred tokens; :func:`pad` keeps fillers out of longer streams) and a micro-batch saved is
+15-25 ms, so a few fillers between decoders pay; at the edges, where they only round the
 rows up, fewer are allowed. The scheduler picks draft lengths that round well
 (:func:`rounded_tokens`).
 """
@@ -30,11 +32,12 @@ rows up, fewer are allowed. The scheduler picks draft lengths that round well
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ROW_QUANTUM = 4  # tinyBLAS tiles output rows in fours (also ARM's repacked Q8_0 kernels)
 GAP_FILLER_TOKENS = 8  # most filler tokens spent to keep a step's sequences one micro-batch
 EDGE_FILLER_TOKENS = 4  # most filler tokens spent beside the run just to round the rows up
+FILLER_SPAN = 1024  # a filler may stretch the step's attention span to this many cells, no further
 
 
 @dataclass
@@ -47,57 +50,30 @@ class Part:
     n_logits: int  # the last n tokens get output rows that the caller reads
     n_head: int = 0  # the first n tokens get output rows only to pad the micro-batch
     filler: bool = False  # not a sequence's tokens: removed from the stream after the decode
+    index: int = -1  # the caller's number for this part (its rows are returned under it)
 
     def __post_init__(self) -> None:
         assert self.n_head + self.n_logits <= len(self.tokens)
-
-
-def first_microbatch(parts: list[Part], n_ubatch: int, streams: bool) -> tuple[list[int], int]:
-    """The sequence ids in llama.cpp's first micro-batch of ``parts`` and tokens taken from each.
-
-    ``parts`` are in batch order. Unified cache: one micro-batch of everything (``split_simple``,
-    when it fits ``n_ubatch``). Streams: ``split_equal``'s first pick."""
-    if not parts:
-        return [], 0
-    if not streams:
-        return [p.seq_id for p in parts], 0
-    run = [parts[0]]
-    for p in parts[1:]:
-        if p.seq_id != run[-1].seq_id + 1:
-            break
-        run.append(p)
-    per_seq = min(len(p.tokens) for p in run)
-    per_seq = max(1, min(per_seq, n_ubatch // len(run)))
-    return [p.seq_id for p in run], per_seq
-
-
-def output_rows(parts: list[Part], n_ubatch: int, streams: bool) -> int:
-    """Output rows of the first micro-batch."""
-    ids, per_seq = first_microbatch(parts, n_ubatch, streams)
-    rows = 0
-    for p in parts:
-        if p.seq_id not in ids:
-            continue
-        n = len(p.tokens) if not streams else per_seq
-        flagged = set(range(p.n_head)) | set(range(len(p.tokens) - p.n_logits, len(p.tokens)))
-        rows += sum(1 for i in flagged if i < n)
-    return rows
 
 
 def _rounded(rows: int) -> bool:
     return rows <= ROW_QUANTUM or rows % ROW_QUANTUM == 0
 
 
-def _roundable(n: int, t: int) -> bool:
-    """``n`` sequences of ``t`` rows each make a fast micro-batch, edge fillers included."""
-    return any(_rounded((n + m) * t) for m in range(EDGE_FILLER_TOKENS // t + 1))
+def _roundable(n: int, t: int, spare: int) -> bool:
+    """``n`` sequences of ``t`` rows each make a fast micro-batch, with edge fillers (``t``
+    tokens each, as many of them output rows as needed) in at most ``spare`` free streams."""
+    fillers = min(spare, EDGE_FILLER_TOKENS // t)
+    return _rounded(n * t) or -(n * t) % ROW_QUANTUM <= fillers * t
 
 
-def rounded_tokens(n: int, t: int) -> int:
+def rounded_tokens(n: int, t: int, spare: int) -> int:
     """The most tokens, at most ``t``, that ``n`` decoders can each feed in a fast micro-batch
-    (one token each always qualifies)."""
-    while t > 1 and not _roundable(n, t):
-        t -= 1
+    when ``spare`` streams are free for fillers; ``t`` itself when no count rounds (a draft
+    still pays in an uneven micro-batch: 5 decoders, 37 ms for 5 rows, 55 ms for 15)."""
+    for k in range(t, 0, -1):
+        if _roundable(n, k, spare):
+            return k
     return t
 
 
@@ -111,33 +87,42 @@ def pad(
     stream_cells: int,
     n_batch: int | None = None,
 ) -> list[Part]:
-    """``parts`` (in sequence-id order) with fillers and padding rows added, as described above.
+    """``parts`` with fillers and padding rows added, as described above (in sequence-id order
+    with streams, where llama.cpp needs that order).
 
     ``next_pos(s)`` is the position after stream ``s``'s last token; ``stream_cells`` its size.
     Steps that are not decode-shaped (no decoder, or decoders feeding unequal counts) are left
     as they are; so is anything the padding cannot fit (in the streams or in the batch of
-    ``n_batch`` tokens, ``n_ubatch`` unless given)."""
+    ``n_batch`` tokens, ``n_ubatch`` unless given). A filler never goes into a stream holding
+    more than the step's longest sequence (or ``FILLER_SPAN`` cells): llama.cpp sizes every
+    stream's attention in a micro-batch to the longest one there, so a filler beside a
+    12k-token idle conversation would make every decoder attend over 12k cells."""
     decoders = [p for p in parts if p.n_logits == len(p.tokens)]
     if not decoders:
         return parts
     if not streams:
-        return _flag_heads(parts, n_ubatch, streams=False)
+        return _round(parts, {p.seq_id for p in parts}, None) or parts  # one micro-batch of everything
+    parts = sorted(parts, key=lambda p: p.seq_id)
     t = len(decoders[0].tokens)
-    if any(len(p.tokens) != t for p in decoders) or any(len(p.tokens) < t for p in parts):
-        return parts
+    if any(len(p.tokens) != t for p in decoders):
+        return parts  # unequal drafts: the step splits whatever is added
     used = {p.seq_id for p in parts}
-    lo, hi = parts[0].seq_id, parts[-1].seq_id
-    if (hi - lo + 1) * t > n_ubatch:
-        return parts
+    lo, hi = min(p.seq_id for p in decoders), max(p.seq_id for p in decoders)
+    end = max(p.start + len(p.tokens) for p in parts)
+    # llama.cpp pads the attention span to 256 cells; up to FILLER_SPAN the span costs little
+    horizon = min(stream_cells, max(-(-end // 256) * 256, FILLER_SPAN))
     room = (n_ubatch if n_batch is None else n_batch) - sum(len(p.tokens) for p in parts)
 
     def filler(s: int) -> Part | None:
         nonlocal room
+        if s in used or not 0 <= s < n_seq or room < t:
+            return None
         at = next_pos(s)
-        if at + t > stream_cells or room < t:
+        if at + t > horizon:
             return None
         room -= t
-        return Part(s, at, [0] * t, 0, n_head=t, filler=True)
+        used.add(s)
+        return Part(s, at, [0] * t, 0, filler=True)
 
     gaps = [s for s in range(lo, hi + 1) if s not in used]
     real = sum(p.n_logits for p in parts)
@@ -145,44 +130,61 @@ def pad(
     # lone decoders at ids 0 and 7 split into two 1-row micro-batches: 14 ms; filled: 8 rows, 39 ms).
     if gaps and (real <= ROW_QUANTUM or len(gaps) * t > min(GAP_FILLER_TOKENS, real)):
         return parts
-    fillers = []
-    for s in gaps:
-        f = filler(s)
-        if f is None:
-            return parts  # a full stream in the gap: the step splits anyway
-        fillers.append(f)
-    out = _flag_heads(sorted(parts + fillers, key=lambda p: p.seq_id), n_ubatch, streams=True)
-    rows = output_rows(out, n_ubatch, streams=True)
+    fillers = [filler(s) for s in gaps]
+    if None in fillers:
+        return parts  # a full or long stream in the gap: the step splits anyway
+    out = sorted(parts + [f for f in fillers if f is not None], key=lambda p: p.seq_id)
     edge: list[Part] = []
-    while not _rounded(rows) and (len(edge) + 1) * t <= EDGE_FILLER_TOKENS:
-        s = hi + 1 if hi + 1 < n_seq else lo - 1
-        f = filler(s) if 0 <= s < n_seq and (hi - lo + 2) * t <= n_ubatch else None
+    while True:
+        trial = sorted(out + edge, key=lambda p: p.seq_id)
+        run = _run_around(trial, lo)
+        if len(run) * t > n_ubatch or any(len(p.tokens) < t for p in run):
+            return out  # the decoders would not share one micro-batch with these
+        rounded = _round(trial, {p.seq_id for p in run}, t)
+        if rounded is not None:
+            return rounded
+        if (len(edge) + 1) * t > EDGE_FILLER_TOKENS:
+            return out
+        f = filler(run[-1].seq_id + 1) or filler(run[0].seq_id - 1)
         if f is None:
-            break
+            return out
         edge.append(f)
-        lo, hi = min(lo, s), max(hi, s)
-        rows += t
-    if not _rounded(rows):
-        edge = []  # rounding failed: keep only the fillers that join the run
-    return sorted(out + edge, key=lambda p: p.seq_id)
 
 
-def _flag_heads(parts: list[Part], n_ubatch: int, streams: bool) -> list[Part]:
-    """Mark prompt tokens in the first micro-batch as output rows until the rows are rounded."""
-    rows = output_rows(parts, n_ubatch, streams)
-    if _rounded(rows):
+def _run_around(parts: list[Part], seq_id: int) -> list[Part]:
+    """The parts of consecutive ids around ``seq_id`` (``parts`` sorted by id): one micro-batch."""
+    i = next(k for k, p in enumerate(parts) if p.seq_id == seq_id)
+    a = b = i
+    while a > 0 and parts[a - 1].seq_id == parts[a].seq_id - 1:
+        a -= 1
+    while b + 1 < len(parts) and parts[b + 1].seq_id == parts[b].seq_id + 1:
+        b += 1
+    return parts[a : b + 1]
+
+
+def _round(parts: list[Part], ids: set[int], per_seq: int | None) -> list[Part] | None:
+    """``parts`` with more of their tokens marked as output rows, fillers' first, then prompt
+    chunks', so that the rows of the micro-batch holding ``ids`` (``per_seq`` tokens from each;
+    None: all) round up; None if there are not enough tokens to mark."""
+
+    def window(p: Part) -> int:
+        return len(p.tokens) if per_seq is None else min(per_seq, len(p.tokens))
+
+    def rows(p: Part) -> int:
+        n = window(p)
+        return min(p.n_head, n) + max(0, n - (len(p.tokens) - p.n_logits))
+
+    n_rows = sum(rows(p) for p in parts if p.seq_id in ids)
+    if _rounded(n_rows):
         return parts
-    ids, per_seq = first_microbatch(parts, n_ubatch, streams)
-    want = -rows % ROW_QUANTUM
-    out = []
-    for p in parts:
-        if want and p.seq_id in ids and not p.filler and p.n_logits < len(p.tokens):
-            room = len(p.tokens) - p.n_logits - p.n_head  # unflagged tokens at the chunk's head
-            if streams:
-                room = min(room, per_seq - p.n_head)
-            extra = max(0, min(want, room))
-            if extra:
-                p = Part(p.seq_id, p.start, p.tokens, p.n_logits, p.n_head + extra)
-                want -= extra
-        out.append(p)
-    return out
+    want = -n_rows % ROW_QUANTUM
+    out = list(parts)
+    for fillers_first in (True, False):
+        for i, p in enumerate(out):
+            if want and p.seq_id in ids and p.filler == fillers_first:
+                free = max(0, min(window(p), len(p.tokens) - p.n_logits) - p.n_head)
+                extra = min(want, free)
+                if extra:
+                    out[i] = replace(p, n_head=p.n_head + extra)
+                    want -= extra
+    return None if want else out

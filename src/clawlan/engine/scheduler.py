@@ -203,8 +203,8 @@ class Scheduler:
         costs about a third of a decode row, so this pays while most rows hold a real guess (on
         2 cores, 8 decoders: 56 ms feeding 2 tokens each, 42 ms feeding 1).
 
-        A decoder too near the end of its context or of its stream for the step's length drafts
-        nothing: its tokens would not fit."""
+        The length also fits every decoder's context: one decoder drafting less than the others
+        would split the step."""
         n = len(decoders)
         if not n:
             return []
@@ -212,13 +212,12 @@ class Scheduler:
         # Only a decoder's own draft (a match of 2+ tokens) votes: a guess from one token is too
         # weak to buy rows with, only good enough to fill rows bought anyway.
         votes = sorted(len(self._draft(seq, each)) for seq in decoders)
-        k = rounded_tokens(n, 1 + votes[(n - 1) // 2]) - 1  # output rows come in fours: microbatch.py
+        k = votes[(n - 1) // 2]
+        k = min([k] + [self.max_seq_tokens - len(seq.tokens) - 1 for seq in decoders])  # all must fit
+        spare = len(self.kv.slots) - len(self.running)  # free streams, for fillers (microbatch.py)
+        k = max(0, rounded_tokens(n, 1 + k, spare) - 1)  # output rows come in fours
         guesses = [self._guess(seq, k, shortest=NGRAM_SHORTEST) for seq in decoders]
-        drafts = []
-        for g, seq in zip(guesses, decoders, strict=True):
-            fits = self.max_seq_tokens - len(seq.tokens) - 1 >= k
-            drafts.append((g + [g[-1] if g else seq.tokens[-1]] * k)[:k] if fits else [])
-        return drafts
+        return [(g + [g[-1] if g else seq.tokens[-1]] * k)[:k] for g, seq in zip(guesses, decoders, strict=True)]
 
     def _add_prompt_chunks(self, step: Step, prompts: list[Sequence], budget: int) -> None:
         """Oldest first, prompt chunks within the remaining budget."""
@@ -280,8 +279,8 @@ class Scheduler:
         """How many tokens ``seq`` should draft this step, at most ``rows``; 0 when it should not."""
         if seq.draft_len is None:
             seq.draft_len = self.draft_tokens
-        # A sequence whose guesses mostly fail stops guessing: each wrong row costs about half a
-        # decode row. Its text is not repeating itself, and lookups would only add cost.
+        # A sequence whose guesses mostly fail stops guessing: each wrong row costs about a third
+        # of a decode row. Its text is not repeating itself, and lookups would only add cost.
         if seq.draft_tries >= 8 and seq.draft_hits < seq.draft_tries // 4:
             return 0
         return max(
