@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clawlan.engine.microbatch import Part, pad, rounded_tokens
+from clawlan.engine.microbatch import Part, pad, rounded_tokens, row_quantum
 
 # -- an oracle: llama.cpp's split_equal (llama-batch.cpp), first micro-batch only ------------------
 
@@ -103,6 +103,18 @@ def test_unified_steps_round_their_rows_with_prompt_tokens() -> None:
     parts = decoders([0, 1, 2], 2) + [Part(5, 0, [1] * 50, 1)]  # 7 rows, one micro-batch
     out = pad(parts, streams=False, n_seq=64, n_ubatch=512, next_pos=lambda s: 0, stream_cells=4096)
     assert [p.n_head for p in out] == [0, 0, 0, 1] and not any(p.filler for p in out)
+
+
+def test_rows_are_left_unrounded_where_the_kernel_does_not_tile_them() -> None:
+    # a Q6_K vocabulary matrix, or one on a GPU: rows cost the same one by one, fillers still
+    # keep the decoders one micro-batch
+    assert row_quantum("Q8_0", 0) == 4 and row_quantum("Q6_K", 0) == 1 and row_quantum("Q8_0", -1) == 1
+    gap = decoders([0, 1, 2, 4, 5, 6, 7], 2)
+    out = pad(gap, streams=True, n_seq=8, n_ubatch=512, next_pos=lambda s: 40, stream_cells=1000, quantum=1)
+    assert out[3].filler and out[3].n_head == 0 and output_rows(out) == 14
+    seven = decoders(list(range(7)), 1)
+    assert pad(seven, streams=True, n_seq=8, n_ubatch=512, next_pos=lambda s: 40, stream_cells=1000, quantum=1) == seven
+    assert rounded_tokens(1, 9, 7, quantum=1) == 9
 
 
 def test_rounded_tokens_picks_draft_lengths_that_round_well() -> None:

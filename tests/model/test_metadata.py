@@ -37,6 +37,7 @@ def test_embedded_parameters_and_quantization(info):
     assert 250e6 < info.n_params < 300e6
     assert info.file_type == "Q4_K_M"
     assert "Q4_K" in info.tensor_types
+    assert info.output_type == "Q8_0"  # the tied embedding is the vocabulary matrix (no output.weight)
     assert sum(info.tensor_types.values()) <= info.file_size
     assert info.chat_template is None  # the base model carries no chat template
 

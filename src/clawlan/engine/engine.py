@@ -316,6 +316,10 @@ class EngineConfig:
     # "unified" lets sequences share all cells (one long prompt may use most of them).
     # "auto": streams where they fit, unified otherwise.
     kv_layout: str = "auto"
+    # Output rows of a decode step are rounded to this many (engine/microbatch.py): 4 where the
+    # vocabulary matrix is multiplied by llama.cpp's tinyBLAS on the CPU (the embedded model's
+    # Q8_0), 1 (no rounding) otherwise; microbatch.row_quantum picks it from the model file.
+    row_quantum: int = 4
 
 
 def use_streams(cfg: EngineConfig) -> bool:
@@ -356,7 +360,9 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
         draft_tokens=cfg.draft_tokens,
         draft_rows=2 * cfg.batch_size,
         mix_prefill=cfg.mix_prefill,
+        row_quantum=cfg.row_quantum,
     )
+    ctx.row_quantum = cfg.row_quantum
     engine = Engine(sched, LlamaRunner(model, ctx))
     engine.context = ctx
     return engine

@@ -15,7 +15,7 @@ from pathlib import Path
 import llama_cpp as L
 import numpy as np
 
-from clawlan.engine.microbatch import Part, pad
+from clawlan.engine.microbatch import ROW_QUANTUM, Part, pad
 from clawlan.errors import EngineError, ModelFileError
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,10 @@ class Context:
         self.n_batch = n_batch
         self.n_seq = n_seq
         self.unified = unified
-        # Round decode steps to llama.cpp's fast micro-batch shapes (engine/microbatch.py).
+        # Round decode steps to llama.cpp's fast micro-batch shapes (engine/microbatch.py): fillers
+        # keep decoders one micro-batch; output rows are rounded to row_quantum (1: not at all).
         self.pad_steps = True
+        self.row_quantum = ROW_QUANTUM
         self.memory = L.llama_get_memory(self.ptr)
         self.batch = L.llama_batch_init(n_batch, 0, 1)
         self._tok = np.ctypeslib.as_array(self.batch.token, shape=(n_batch,))
@@ -222,6 +224,7 @@ class Context:
                 n_ubatch=self.n_batch,
                 next_pos=lambda s: L.llama_memory_seq_pos_max(self.memory, s) + 1,
                 stream_cells=self.n_ctx // self.n_seq if not self.unified else self.n_ctx,
+                quantum=self.row_quantum,
             )
         i = 0
         rows: dict[int, list[int]] = {}

@@ -35,6 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 ROW_QUANTUM = 4  # tinyBLAS tiles output rows in fours (also ARM's repacked Q8_0 kernels)
+# Output-matrix types llamafile's tinyBLAS multiplies on the CPU (sgemm.cpp); others (Q6_K, ...)
+# take ggml's own path, where a row costs about the same whatever the count, so no rounding.
+TILED_TYPES = frozenset({"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "IQ4_NL"})
 GAP_FILLER_TOKENS = 8  # most filler tokens spent to keep a step's sequences one micro-batch
 EDGE_FILLER_TOKENS = 4  # most filler tokens spent beside the run just to round the rows up
 FILLER_SPAN = 1024  # a filler may stretch the step's attention span to this many cells, no further
@@ -56,23 +59,29 @@ class Part:
         assert self.n_head + self.n_logits <= len(self.tokens)
 
 
-def _rounded(rows: int) -> bool:
-    return rows <= ROW_QUANTUM or rows % ROW_QUANTUM == 0
+def row_quantum(output_type: str | None, gpu_layers: int) -> int:
+    """Output rows are rounded to this many: ``ROW_QUANTUM`` where the vocabulary matrix
+    (``output_type``, a GGUF tensor type name) is multiplied by tinyBLAS on the CPU, else 1."""
+    return ROW_QUANTUM if gpu_layers == 0 and output_type in TILED_TYPES else 1
 
 
-def _roundable(n: int, t: int, spare: int) -> bool:
+def _rounded(rows: int, quantum: int = ROW_QUANTUM) -> bool:
+    return rows <= quantum or rows % quantum == 0
+
+
+def _roundable(n: int, t: int, spare: int, quantum: int) -> bool:
     """``n`` sequences of ``t`` rows each make a fast micro-batch, with edge fillers (``t``
     tokens each, as many of them output rows as needed) in at most ``spare`` free streams."""
     fillers = min(spare, EDGE_FILLER_TOKENS // t)
-    return _rounded(n * t) or -(n * t) % ROW_QUANTUM <= fillers * t
+    return _rounded(n * t, quantum) or -(n * t) % quantum <= fillers * t
 
 
-def rounded_tokens(n: int, t: int, spare: int) -> int:
+def rounded_tokens(n: int, t: int, spare: int, quantum: int = ROW_QUANTUM) -> int:
     """The most tokens, at most ``t``, that ``n`` decoders can each feed in a fast micro-batch
     when ``spare`` streams are free for fillers; ``t`` itself when no count rounds (a draft
     still pays in an uneven micro-batch: 5 decoders, 37 ms for 5 rows, 55 ms for 15)."""
     for k in range(t, 0, -1):
-        if _roundable(n, k, spare):
+        if _roundable(n, k, spare, quantum):
             return k
     return t
 
@@ -86,6 +95,7 @@ def pad(
     next_pos: Callable[[int], int],
     stream_cells: int,
     n_batch: int | None = None,
+    quantum: int = ROW_QUANTUM,
 ) -> list[Part]:
     """``parts`` with fillers and padding rows added, as described above (in sequence-id order
     with streams, where llama.cpp needs that order).
@@ -101,7 +111,7 @@ def pad(
     if not decoders:
         return parts
     if not streams:
-        return _round(parts, {p.seq_id for p in parts}, None) or parts  # one micro-batch of everything
+        return _round(parts, {p.seq_id for p in parts}, None, quantum) or parts  # one micro-batch of all
     parts = sorted(parts, key=lambda p: p.seq_id)
     t = len(decoders[0].tokens)
     if any(len(p.tokens) != t for p in decoders):
@@ -140,7 +150,7 @@ def pad(
         run = _run_around(trial, lo)
         if len(run) * t > n_ubatch or any(len(p.tokens) < t for p in run):
             return out  # the decoders would not share one micro-batch with these
-        rounded = _round(trial, {p.seq_id for p in run}, t)
+        rounded = _round(trial, {p.seq_id for p in run}, t, quantum)
         if rounded is not None:
             return rounded
         if (len(edge) + 1) * t > EDGE_FILLER_TOKENS:
@@ -162,7 +172,7 @@ def _run_around(parts: list[Part], seq_id: int) -> list[Part]:
     return parts[a : b + 1]
 
 
-def _round(parts: list[Part], ids: set[int], per_seq: int | None) -> list[Part] | None:
+def _round(parts: list[Part], ids: set[int], per_seq: int | None, quantum: int) -> list[Part] | None:
     """``parts`` with more of their tokens marked as output rows, fillers' first, then prompt
     chunks', so that the rows of the micro-batch holding ``ids`` (``per_seq`` tokens from each;
     None: all) round up; None if there are not enough tokens to mark."""
@@ -175,9 +185,9 @@ def _round(parts: list[Part], ids: set[int], per_seq: int | None) -> list[Part] 
         return min(p.n_head, n) + max(0, n - (len(p.tokens) - p.n_logits))
 
     n_rows = sum(rows(p) for p in parts if p.seq_id in ids)
-    if _rounded(n_rows):
+    if _rounded(n_rows, quantum):
         return parts
-    want = -n_rows % ROW_QUANTUM
+    want = -n_rows % quantum
     out = list(parts)
     for fillers_first in (True, False):
         for i, p in enumerate(out):

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 from clawlan.engine.draft import NGRAM_MIN, NGRAM_SHORTEST, NgramIndex
 from clawlan.engine.kv_cache import KVCache
-from clawlan.engine.microbatch import rounded_tokens
+from clawlan.engine.microbatch import ROW_QUANTUM, rounded_tokens
 from clawlan.engine.sequence import Sequence, Status
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class Scheduler:
         draft_tokens: int = 0,
         draft_rows: int = 0,
         mix_prefill: bool = False,
+        row_quantum: int = ROW_QUANTUM,
     ) -> None:
         self.kv = kv
         self.batch_size = batch_size
@@ -115,6 +116,7 @@ class Scheduler:
         self.draft_rows = draft_rows
         self.streams = kv.streams
         self.mix_prefill = mix_prefill or self.streams
+        self.row_quantum = row_quantum  # output rows per tile of the vocabulary product (microbatch.py)
         self._prefill_turn = True  # without mixing: whose turn it is when both kinds wait
         self._offload_due = False  # work was admitted: move idle entries out after this step
         self.waiting: deque[Sequence] = deque()
@@ -215,7 +217,7 @@ class Scheduler:
         k = votes[(n - 1) // 2]
         k = min([k] + [self.max_seq_tokens - len(seq.tokens) - 1 for seq in decoders])  # all must fit
         spare = len(self.kv.slots) - len(self.running)  # free streams, for fillers (microbatch.py)
-        k = max(0, rounded_tokens(n, 1 + k, spare) - 1)  # output rows come in fours
+        k = max(0, rounded_tokens(n, 1 + k, spare, self.row_quantum) - 1)  # output rows come in fours
         guesses = [self._guess(seq, k, shortest=NGRAM_SHORTEST) for seq in decoders]
         return [(g + [g[-1] if g else seq.tokens[-1]] * k)[:k] for g, seq in zip(guesses, decoders, strict=True)]
 

@@ -36,6 +36,7 @@ class ModelInfo:
     chat_template: str | None = None
     file_type: str | None = None
     tensor_types: dict[str, int] = field(default_factory=dict)  # quant type -> bytes
+    output_type: str | None = None  # the vocabulary matrix's type (output.weight, or the tied embedding)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -101,10 +102,13 @@ def read_metadata(path: str | Path) -> ModelInfo:
     end = 0
     types: Counter[str] = Counter()
     n_params = 0
+    named: dict[str, str] = {}
     for t in reader.tensors:
         end = max(end, int(t.data_offset) + int(t.n_bytes))
         types[t.tensor_type.name] += int(t.n_bytes)
         n_params += int(t.n_elements)
+        if t.name in ("output.weight", "token_embd.weight"):
+            named[t.name] = t.tensor_type.name
     if end > size:
         raise ModelFileError(
             f"{path} is truncated: {size} bytes, but its tensors need {end}; copy or download the model again"
@@ -155,4 +159,5 @@ def read_metadata(path: str | Path) -> ModelInfo:
         chat_template=_field(reader, "tokenizer.chat_template"),
         file_type=ftype_name,
         tensor_types=dict(types),
+        output_type=named.get("output.weight", named.get("token_embd.weight")),
     )
