@@ -35,8 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 ROW_QUANTUM = 4  # tinyBLAS tiles output rows in fours (also ARM's repacked Q8_0 kernels)
-# Output-matrix types llamafile's tinyBLAS multiplies on the CPU (sgemm.cpp); others (Q6_K, ...)
-# take ggml's own path, where a row costs about the same whatever the count, so no rounding.
+# Output-matrix types llamafile's tinyBLAS multiplies on the CPU (its sgemm.cpp); others (Q6_K,
+# ...) take ggml's own path, which has no four-row tiles, so their rows are not rounded (reasoned
+# from the source, not measured: only the embedded model's Q8_0 was at hand).
 TILED_TYPES = frozenset({"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "IQ4_NL"})
 GAP_FILLER_TOKENS = 8  # most filler tokens spent to keep a step's sequences one micro-batch
 EDGE_FILLER_TOKENS = 4  # most filler tokens spent beside the run just to round the rows up
