@@ -107,7 +107,6 @@ def in_process(model: Path, w: Workload, args: argparse.Namespace, prompts: list
     output length and settings. The same prompts matter: drafts make the speed depend on the text
     (one stream's TPOT p50 ranged 5.7-9.2 ms over five repeats' prompts)."""
     import asyncio
-    import statistics
 
     from clawlan.engine.engine import EngineConfig, build_engine
     from clawlan.engine.llama import Model

@@ -33,9 +33,8 @@ cells, which makes prompts ~8% cheaper. Then there is one slot per stream (no
 spare ids), a prefix shared with another slot is copied when it is long enough
 to be worth it (llama.cpp copies a whole stream, then the copy is cut back),
 new work takes the free stream that keeps running ids contiguous, idle entries
-cost the running
-sequences nothing and stay where they are, and an idle entry is saved to host
-RAM only when its stream is taken for another prompt.
+cost the running sequences nothing and stay where they are, and an idle entry
+is saved to host RAM only when its stream is taken for another prompt.
 """
 
 from __future__ import annotations

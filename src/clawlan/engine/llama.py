@@ -143,13 +143,21 @@ class Context:
     """One llama.cpp context whose KV cache holds ``n_seq`` sequence ids."""
 
     def __init__(
-        self, model: Model, n_ctx: int, n_batch: int, n_seq: int, threads: int, unified: bool = True
+        self,
+        model: Model,
+        n_ctx: int,
+        n_batch: int,
+        n_seq: int,
+        threads: int,
+        unified: bool = True,
+        row_quantum: int = ROW_QUANTUM,
     ) -> None:
         """``unified=False`` gives every sequence id a KV stream of its own (``n_ctx / n_seq``
         cells), llama-server's layout: a prompt's attention then never scans other sequences'
         cells (a 256-token prompt beside 7 running sequences: 238 ms instead of 258 ms), but a
         batch runs as one micro-batch only when its sequences are consecutive ids, in id order,
-        with equal token counts (the scheduler builds its steps so in that layout)."""
+        with equal token counts (the scheduler builds its steps so in that layout).
+        ``row_quantum``: output rows of a decode step are rounded to this many (1: not at all)."""
         self.model = model
         p = L.llama_context_default_params()
         p.n_ctx = n_ctx
@@ -174,9 +182,9 @@ class Context:
         self.n_seq = n_seq
         self.unified = unified
         # Round decode steps to llama.cpp's fast micro-batch shapes (engine/microbatch.py): fillers
-        # keep decoders one micro-batch; output rows are rounded to row_quantum (1: not at all).
+        # keep decoders one micro-batch; output rows are rounded to row_quantum.
         self.pad_steps = True
-        self.row_quantum = ROW_QUANTUM
+        self.row_quantum = row_quantum
         self.memory = L.llama_get_memory(self.ptr)
         self.batch = L.llama_batch_init(n_batch, 0, 1)
         self._tok = np.ctypeslib.as_array(self.batch.token, shape=(n_batch,))
@@ -247,7 +255,7 @@ class Context:
         finally:
             for p in plan:
                 if p.filler:
-                    L.llama_memory_seq_rm(self.memory, p.seq_id, p.start, -1)
+                    self.seq_rm(p.seq_id, p.start, -1)
         return status, [r for k in range(len(parts)) for r in rows.get(k, ())]
 
     def logits(self, index: int) -> np.ndarray:

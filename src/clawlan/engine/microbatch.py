@@ -66,7 +66,7 @@ def row_quantum(output_type: str | None, gpu_layers: int) -> int:
     return ROW_QUANTUM if gpu_layers == 0 and output_type in TILED_TYPES else 1
 
 
-def _rounded(rows: int, quantum: int = ROW_QUANTUM) -> bool:
+def _rounded(rows: int, quantum: int) -> bool:
     return rows <= quantum or rows % quantum == 0
 
 

@@ -213,12 +213,16 @@ class Scheduler:
         each = min(max(0, self.draft_rows - n) // n, (budget - n) // n)
         # Only a decoder's own draft (a match of 2+ tokens) votes: a guess from one token is too
         # weak to buy rows with, only good enough to fill rows bought anyway.
-        votes = sorted(len(self._draft(seq, each)) for seq in decoders)
-        k = votes[(n - 1) // 2]
+        own = [self._draft(seq, each) for seq in decoders]
+        k = sorted(len(d) for d in own)[(n - 1) // 2]
         k = min([k] + [self.max_seq_tokens - len(seq.tokens) - 1 for seq in decoders])  # all must fit
         spare = len(self.kv.slots) - len(self.running)  # free streams, for fillers (microbatch.py)
         k = max(0, rounded_tokens(n, 1 + k, spare, self.row_quantum) - 1)  # output rows come in fours
-        guesses = [self._guess(seq, k, shortest=NGRAM_SHORTEST) for seq in decoders]
+        # An own draft at least k long is already the best guess (the same lookup, longer match first).
+        guesses = [
+            d if len(d) >= k else self._guess(seq, k, shortest=NGRAM_SHORTEST)
+            for d, seq in zip(own, decoders, strict=True)
+        ]
         return [(g + [g[-1] if g else seq.tokens[-1]] * k)[:k] for g, seq in zip(guesses, decoders, strict=True)]
 
     def _add_prompt_chunks(self, step: Step, prompts: list[Sequence], budget: int) -> None:
