@@ -30,6 +30,7 @@ run: install
 
 test: install browser
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: install
