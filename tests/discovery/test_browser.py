@@ -86,15 +86,16 @@ def test_static_fallback_after_timeout(service_type: str, timeout_ms: int) -> No
     finally:
         d.close()
     assert b.how == "fallback" and b.base_url == "http://10.9.9.9:8080"
-    assert 0.8 * timeout_ms <= elapsed <= 1.2 * timeout_ms, f"fell back after {elapsed:.0f} ms, not ~{timeout_ms}"
+    # It waited the whole timeout for mDNS (a minimum: a loaded machine only adds to it); the upper
+    # bound catches a wait of twice the timeout while leaving a loaded machine a second of slack.
+    assert 0.99 * timeout_ms <= elapsed < 2 * timeout_ms, f"fell back after {elapsed:.0f} ms, not ~{timeout_ms}"
 
 
 def test_static_skips_mdns() -> None:
     d = Discoverer("static", 5000, "http://10.9.9.9:8080")
-    t0 = time.monotonic()
     b = d.resolve()
-    assert (time.monotonic() - t0) < 0.1
-    assert b.how == "static" and d._zc is None  # never opened a multicast socket
+    # No mDNS wait (found at once, by its own clock) and never a multicast socket.
+    assert b.how == "static" and b.found_after_ms == 0.0 and d._zc is None
 
 
 def test_rediscovers_a_moved_service(advertiser: Advertiser, service_type: str) -> None:
