@@ -135,14 +135,32 @@ def test_kv_budget_preempts_newest_and_resumes_identically(make_harness):
 
 
 def test_preempted_sequence_reuses_its_surviving_kv(make_harness):
-    # After preemption the victim's KV stays as an idle entry; if nothing evicts it,
-    # readmission reuses it instead of recomputing from position 0.
-    h = make_harness(n_cells=40, batch_size=2, n_slots=4, token_budget=64)
-    a = h.submit(prompt(1, 8), max_tokens=20)
-    b = h.submit(prompt(2, 8), max_tokens=4)
+    # After preemption the victim's KV stays as an idle entry; if nothing evicts it, readmission
+    # reuses it instead of recomputing from position 0. (Preemption for KV cells evicts the
+    # victim's entry at once, since those cells are what is needed; a device out of memory
+    # preempts to shrink the step and keeps it: that path is the one taken here.)
+    big_step = lambda step: len(step.chunks) > 1 and any(c.start >= 12 for c in step.chunks)  # noqa: E731
+    h = make_harness(batch_size=2, n_slots=4, token_budget=64, oom=big_step, oom_status=-2)
+    a = h.submit(prompt(1, 8), max_tokens=12)
+    b = h.submit(prompt(2, 8), max_tokens=12)
+    at_preemption: dict[str, int] = {}
+    preempt = h.sched.preempt
+
+    def spy(seq, keep=True):
+        at_preemption[seq.request_id] = seq.n_computed
+        preempt(seq, keep)
+
+    h.sched.preempt = spy
+    acquired: list[tuple[int, int] | None] = []
+    acquire = h.kv.acquire
+    h.kv.acquire = lambda tokens, now: acquired.append(acquire(tokens, now)) or acquired[-1]
     h.run()
-    h.check_reference(a, 20)
-    h.check_reference(b, 4)
+    h.check_reference(a, 12)
+    h.check_reference(b, 12)
+    assert list(at_preemption) == [b] and at_preemption[b] == 12 and h.sched.preemptions == 1
+    readmitted = acquired[2]
+    assert readmitted is not None and readmitted[1] == 12  # all 12 computed tokens came back from KV
+    assert h.runner.fed[b] == 8 + 12 - 1  # every prompt and sampled token fed once: nothing recomputed
 
 
 def test_admission_waits_for_kv_instead_of_thrashing(make_harness):
