@@ -22,6 +22,10 @@ def test_the_policy_follows_the_library_and_the_offload() -> None:
     assert (cpu.fillers, cpu.quantum, cpu.ordered) == (True, 4, True)
     gpu = choose(True, -1, "Q8_0", gpu_capable=True)
     assert (gpu.fillers, gpu.quantum, gpu.ordered) == (False, 1, True)  # ids in order: split_equal is everywhere
+    # greedy argmax on the device only where no step carries drafts (one output row per sequence)
+    assert choose(True, -1, gpu_capable=True, draft_tokens=0).device_greedy
+    assert not choose(True, -1, gpu_capable=True, draft_tokens=8).device_greedy
+    assert not choose(True, 0, gpu_capable=False, draft_tokens=0).device_greedy
     unified = cpu_policy(streams=False)
     assert (unified.fillers, unified.quantum, unified.ordered) == (False, 4, False)
     import llama_cpp

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from clawlan.engine.request import Event, Request
@@ -351,6 +351,9 @@ class EngineConfig:
     # read anyway: read_metadata took 8.2 s on the embedded model). On a CPU it decides whether
     # output rows are rounded to fours (policy.py). The default is the embedded model's; None: unknown, not rounded.
     output_type: str | None = "Q8_0"
+    # Greedy argmax inside llama.cpp's graph (policy.py): None lets the policy decide (on a GPU
+    # without drafts); True works on a CPU too (the tests), where it gains nothing measured.
+    device_greedy: bool | None = None
 
 
 def use_streams(cfg: EngineConfig) -> bool:
@@ -386,7 +389,11 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
         threads=cfg.threads,
         unified=not streams,
     )
-    policy = choose(streams, model.gpu_layers, cfg.output_type)
+    policy = choose(streams, model.gpu_layers, cfg.output_type, draft_tokens=cfg.draft_tokens)
+    if cfg.device_greedy:  # one output row per sequence: no padding rows, no fillers
+        policy = replace(policy, device_greedy=True, fillers=False, quantum=1)
+    elif cfg.device_greedy is not None:
+        policy = replace(policy, device_greedy=False)
     log.info("step policy: %s", policy)
     host = HostCache(cfg.host_cache_mb << 20) if cfg.host_cache_mb > 0 else None
     kv = KVCache(ctx.n_ctx, n_slots, ctx, host, streams=streams)

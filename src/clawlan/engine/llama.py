@@ -199,6 +199,9 @@ class Context:
             logits=self._logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
         )
         self._vocab = model.n_vocab
+        self._out_row = np.zeros(0, dtype=np.int32)
+        self._all: np.ndarray | None = None  # every output row's logits, made on first use after a decode
+        self._greedy: dict[int, ctypes.c_void_p] = {}  # device greedy chains by sequence id (borrowed by llama.cpp)
 
     # MemoryOps for the KV cache accounting
     def seq_rm(self, seq_id: int, p0: int, p1: int) -> None:
@@ -249,6 +252,9 @@ class Context:
                 self._logits[i - p.n_logits : i] = 1
                 rows.extend(range(i - p.n_logits, i))
         self.batch.n_tokens = i
+        # Output rows are stored in batch order (llama.h): batch index -> row of llama_get_logits.
+        self._out_row = np.cumsum(self._logits[:i], dtype=np.int32) - 1
+        self._all = None
         return L.llama_decode(self.ptr, self.batch), rows
 
     def logits(self, index: int) -> np.ndarray:
@@ -256,11 +262,46 @@ class Context:
         ptr = L.llama_get_logits_ith(self.ptr, index)
         return np.ctypeslib.as_array(ptr, shape=(self._vocab,))
 
+    def logits_rows(self, index: int, n: int) -> np.ndarray:
+        """The logits of output rows at batch indices ``index .. index + n - 1`` (all output
+        rows, as a chunk's are), as one ``(n, n_vocab)`` view: one numpy call per chunk instead
+        of a pointer lookup and a view per row. Valid until the next decode."""
+        if self._all is None:
+            n_out = int(self._out_row[-1]) + 1
+            self._all = np.ctypeslib.as_array(L.llama_get_logits(self.ptr), shape=(n_out, self._vocab))
+        first = int(self._out_row[index])
+        return self._all[first : first + n]
+
+    def device_greedy(self, seq_id: int, on: bool) -> bool:
+        """Take ``seq_id``'s argmax inside llama.cpp's graph (or stop); whether it is now on.
+        Then only the sampled token comes back (:meth:`sampled`), not the logits row. At most
+        one output row per such sequence and step, or llama_decode fails with -1."""
+        if on == (seq_id in self._greedy):
+            return on
+        if on:
+            chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            if not L.llama_set_sampler(self.ptr, seq_id, chain):
+                L.llama_sampler_free(chain)
+                return False
+            self._greedy[seq_id] = chain
+            return True
+        chain = self._greedy.pop(seq_id)
+        L.llama_set_sampler(self.ptr, seq_id, None)  # detached before it is freed: llama.cpp borrows it
+        L.llama_sampler_free(chain)
+        return False
+
+    def sampled(self, index: int) -> int:
+        """The token llama.cpp sampled on the device for output row ``index`` (-1: none)."""
+        return int(L.llama_get_sampled_token_ith(self.ptr, index))
+
     def clear(self) -> None:
         L.llama_memory_clear(self.memory, True)
 
     def close(self) -> None:
         if self.ptr:
+            for seq_id in list(self._greedy):
+                self.device_greedy(seq_id, False)
             L.llama_free(self.ptr)
             self.ptr = None
 

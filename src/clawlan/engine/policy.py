@@ -66,6 +66,14 @@ class StepPolicy:
     streams: bool = False
     fillers: bool = False  # free streams between decoders get filler tokens (CPU only)
     quantum: int = 1  # output rows of a decode step are rounded to this many (1: not at all)
+    # Plain greedy sequences take their argmax inside llama.cpp's graph (llama_set_sampler), so no
+    # vocabulary-sized logits row crosses to the host. The pinned llama.cpp allows it only for one
+    # output row per sequence and step ("backend sampling supports at most 1 outputs per
+    # sequence"), so only without drafts or padding rows: the GPU policy with draft_tokens 0.
+    device_greedy: bool = False
+
+    def __post_init__(self) -> None:
+        assert not (self.device_greedy and self.pads), "device sampling takes one output row per sequence"
 
     @property
     def ordered(self) -> bool:
@@ -104,19 +112,24 @@ def cpu_policy(streams: bool, output_type: str | None = "Q8_0") -> StepPolicy:
     return StepPolicy("cpu", streams=streams, fillers=streams, quantum=row_quantum(output_type, 0))
 
 
-def gpu_policy(streams: bool) -> StepPolicy:
-    return StepPolicy("gpu", streams=streams)
+def gpu_policy(streams: bool, device_greedy: bool = False) -> StepPolicy:
+    return StepPolicy("gpu", streams=streams, device_greedy=device_greedy)
 
 
 def choose(
-    streams: bool, gpu_layers: int, output_type: str | None = "Q8_0", gpu_capable: bool | None = None
+    streams: bool,
+    gpu_layers: int,
+    output_type: str | None = "Q8_0",
+    gpu_capable: bool | None = None,
+    draft_tokens: int = 0,
 ) -> StepPolicy:
     """The policy for a model loaded with ``gpu_layers`` on this llama.cpp library.
-    ``gpu_capable``: whether the library can offload at all (asked of llama.cpp when None)."""
+    ``gpu_capable``: whether the library can offload at all (asked of llama.cpp when None).
+    Greedy sampling moves onto the device only where no step has drafts (``draft_tokens`` 0)."""
     if gpu_capable is None:
         import llama_cpp
 
         gpu_capable = bool(llama_cpp.llama_supports_gpu_offload())
     if gpu_layers != 0 and gpu_capable:
-        return gpu_policy(streams)
+        return gpu_policy(streams, device_greedy=draft_tokens == 0)
     return cpu_policy(streams, output_type)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import numpy as np
-
 from clawlan.engine.llama import Context, Model, Sampler
 from clawlan.engine.microbatch import Part
 from clawlan.engine.policy import StepPolicy
@@ -43,6 +41,7 @@ class LlamaRunner:
         self.ctx = ctx
         self.policy = policy
         self._rows: dict[Sequence, list[int]] = {}  # the last decode's output rows per sequence
+        self._device: dict[Sequence, bool] = {}  # sampled on the device in the last decode
 
     def prepare(self, seq: Sequence) -> None:
         """Build the sequence's sampler chain; plain greedy needs none (argmax is cheaper)."""
@@ -56,6 +55,7 @@ class LlamaRunner:
 
     def decode(self, step: Step) -> int:
         self._rows = {}
+        self._device = {}
         if step.n_tokens > self.ctx.n_batch:
             # Writing past llama_batch corrupts memory and llama.cpp aborts the process; fail the step.
             raise EngineError(f"a step of {step.n_tokens} tokens exceeds the batch of {self.ctx.n_batch}")
@@ -63,6 +63,10 @@ class LlamaRunner:
         for k, c in enumerate(step.chunks):
             assert c.seq.seq_id is not None
             parts.append(Part(c.seq.seq_id, c.start, c.tokens, c.n_logits, index=k))
+            if self.policy.device_greedy and c.n_logits:
+                # plain greedy with one row: argmax on the device; anything else needs the logits
+                on = c.seq.sampler is None and c.n_logits == 1
+                self._device[c.seq] = self.ctx.device_greedy(c.seq.seq_id, on)
         status, rows = decode_shaped(self.ctx, self.policy, parts)
         self._rows = {step.chunks[k].seq: r for k, r in rows.items()}
         return status
@@ -71,18 +75,22 @@ class LlamaRunner:
         # Row j holds the logits after the draft's first j tokens: sample each in turn while the
         # draft holds. Sampling row by row is exact for any sampler (the chain, grammar included,
         # sees the same tokens as without a draft), not only for greedy.
+        rows = self._rows[chunk.seq]
+        if self._device.get(chunk.seq):
+            token = self.ctx.sampled(rows[0])
+            if token < 0:
+                raise EngineError("llama.cpp sampled no token on the device")
+            return [token]
+        sampler = chunk.seq.sampler
+        if sampler is None:  # plain greedy: one argmax over the chunk's rows, no copy
+            picks = self.ctx.logits_rows(rows[0], len(rows)).argmax(axis=1).tolist()
         got: list[int] = []
-        for j, row in enumerate(self._rows[chunk.seq]):
-            token = self._sample(chunk.seq, row)
+        for j, row in enumerate(rows):
+            token = picks[j] if sampler is None else int(sampler.sample(self.ctx, row))
             got.append(token)
             if j == len(chunk.draft) or token != chunk.draft[j]:
                 break
         return got
-
-    def _sample(self, seq: Sequence, row: int) -> int:
-        if seq.sampler is None:
-            return int(np.argmax(self.ctx.logits(row)))
-        return int(seq.sampler.sample(self.ctx, row))
 
     def piece(self, token: int) -> bytes:
         return self.model.piece(token)
