@@ -329,7 +329,7 @@ def table(r: dict) -> str:
     return "\n".join(rows)
 
 
-def host_profile(model: Model, threads: int, n_seqs: int = 8, max_tokens: int = 64) -> dict:
+def host_profile(model: Model, threads: int, n_seqs: int = 8, max_tokens: int = 64, **cfg) -> dict:
     """Host-side time per engine step outside ``llama_decode`` (issue 12: on a GPU the Python
     work per step is the budget). The engine's steps run on this thread: once plain, for the
     total, once under cProfile, for where it goes (cProfile inflates Python-heavy parts)."""
@@ -355,7 +355,9 @@ def host_profile(model: Model, threads: int, n_seqs: int = 8, max_tokens: int = 
     def run(profiler: cProfile.Profile | None) -> dict:
         eng = build_engine(
             model,
-            EngineConfig(batch_size=n_seqs, kv_tokens=n_seqs * 1024, max_seq_tokens=1024, threads=threads, max_wait_ms=0),
+            EngineConfig(
+                batch_size=n_seqs, kv_tokens=n_seqs * 256, max_seq_tokens=256, threads=threads, max_wait_ms=0, **cfg
+            ),
         )
         rng = random.Random(3)
         for _ in range(n_seqs):
@@ -400,7 +402,7 @@ def host_profile(model: Model, threads: int, n_seqs: int = 8, max_tokens: int = 
             cum -= profiled["decode_s"]
             name = "shape + batch (llama_decode excluded)"
         per_step[name] = 1000 * cum / max(1, profiled["steps"])
-    return {"sequences": n_seqs, "plain": plain, "profiled": profiled, "profiled_ms_per_step": per_step}
+    return {"sequences": n_seqs, **cfg, "plain": plain, "profiled": profiled, "profiled_ms_per_step": per_step}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -413,11 +415,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each measurement (the best counts)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--host-profile", action="store_true", help="only the host time per decode step outside llama_decode")
+    ap.add_argument("--sequences", type=int, default=8, help="--host-profile: concurrent sequences")
+    ap.add_argument("--draft-tokens", type=int, default=8, help="--host-profile: EngineConfig.draft_tokens")
+    ap.add_argument("--device-greedy", action="store_true", help="--host-profile: greedy argmax in llama.cpp's graph")
     args = ap.parse_args(argv)
 
     path = Path(args.model) if args.model else embedded_model_path()
     if args.host_profile:
-        print(json.dumps(host_profile(Model(path), args.threads), indent=2))
+        cfg = {"draft_tokens": args.draft_tokens, "device_greedy": args.device_greedy or None}
+        print(json.dumps(host_profile(Model(path), args.threads, args.sequences, **cfg), indent=2))
         return 0
     reps = 1 if args.quick else args.reps
     rng = random.Random(2)

@@ -261,6 +261,12 @@ class KVCache:
         if len(tokens) > len(self._free):
             return False
         slot = self.slots[seq_id]
+        if len(tokens) == 1:  # a decoder's token, once per sequence and step: no numpy round trip
+            cell = self._free.pop()
+            self.refs[cell] += 1
+            slot.cells.append(cell)
+            slot.tokens.append(tokens[0])
+            return True
         new = [self._free.pop() for _ in range(len(tokens))]
         self.refs[np.asarray(new, dtype=np.int64)] += 1
         slot.cells.extend(new)
@@ -371,6 +377,8 @@ class KVCache:
 
     def evict(self, need: int) -> bool:
         """Evict idle entries, least recently used first, until ``need`` cells are free."""
+        if self.n_free >= need:
+            return True  # the common case, once per decoder and step: no sort of the slots
         for slot in sorted((s for s in self.slots if not s.busy and s.tokens), key=lambda s: s.last_used):
             if self.n_free >= need:
                 break

@@ -67,19 +67,18 @@ class Chunk:
     n: int  # tokens fed, the draft included
     draft: list[int] = field(default_factory=list)  # guessed tokens fed after the sequence's own
 
+    # Fixed when the chunk is made (the sequence's tokens grow only after the step): read
+    # several times per chunk and step, at 64 sequences a property's recomputation adds up.
+    wants_logits: bool = field(init=False)  # it ends at the sequence's last token: it samples the next
+    n_logits: int = field(init=False)  # output rows: one to sample from, plus one per drafted token
+
+    def __post_init__(self) -> None:
+        self.wants_logits = self.start + self.n - len(self.draft) == len(self.seq.tokens)
+        self.n_logits = len(self.draft) + 1 if self.wants_logits else 0
+
     @property
     def tokens(self) -> list[int]:
         return self.seq.tokens[self.start : self.start + self.n - len(self.draft)] + self.draft
-
-    @property
-    def wants_logits(self) -> bool:
-        """The chunk ends at the sequence's last token, so it samples the next one."""
-        return self.start + self.n - len(self.draft) == len(self.seq.tokens)
-
-    @property
-    def n_logits(self) -> int:
-        """Output rows: one to sample from, plus one per drafted token to check it."""
-        return len(self.draft) + 1 if self.wants_logits else 0
 
 
 @dataclass
@@ -212,8 +211,8 @@ class Scheduler:
         The length also fits every decoder's context: one decoder drafting less than the others
         would split the step."""
         n = len(decoders)
-        if not n:
-            return []
+        if not n or self.draft_tokens <= 0:
+            return [[] for _ in decoders]
         each = min(max(0, self.draft_rows - n) // n, (budget - n) // n)
         # Only a decoder's own draft (a match of 2+ tokens) votes: a guess from one token is too
         # weak to buy rows with, only good enough to fill rows bought anyway.
