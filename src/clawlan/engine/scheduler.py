@@ -24,8 +24,10 @@ Policy, in order:
    cache entries go first; with none left the effective batch drops by one
    (the seed's "lower batch_size step by step from 8") and the newest
    sequence is preempted, its KV dropped. When the device cannot allocate the
-   step's buffers (status -2/-3, "CUDA out of memory"), the effective batch is
-   halved (down to 1; alone, the prompt chunk is halved). The step is retried.
+   step's buffers (status -2, ggml's ALLOC_FAILED: "CUDA out of memory"), the
+   effective batch is halved (down to 1; alone, the prompt chunk is halved).
+   The step is retried. (-3 is a failed computation, not memory: its step's
+   requests end with an error.)
 7. **Drafts** (speculative decoding): a decoder whose recent text repeats
    earlier text gets a guess at its next tokens (:mod:`clawlan.engine.draft`)
    fed in the same step. Every drafted token adds an output row through the
@@ -386,7 +388,7 @@ class Scheduler:
     def on_out_of_memory(self, step: Step, status: int = 1) -> Sequence | None:
         """``llama_decode`` failed for lack of memory; make the retry smaller. Status 1 (no KV
         slot: llama.cpp's cells ran out before our accounting's): idle entries go, else the
-        effective batch drops by one. Status -2/-3 (the device could not allocate the step's
+        effective batch drops by one. Status -2 (the device could not allocate the step's
         buffers): the effective batch is halved. Returns a sequence that cannot run even alone
         (the caller ends it), else None."""
         self.rollback(step)
