@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = Path(args.model) if args.model else embedded_model_path()
     if args.host_profile:
-        cfg = {"draft_tokens": args.draft_tokens, "device_greedy": args.device_greedy or None}
+        cfg = {"draft_tokens": args.draft_tokens, **({"device_greedy": True} if args.device_greedy else {})}
         print(json.dumps(host_profile(Model(path), args.threads, args.sequences, **cfg), indent=2))
         return 0
     reps = 1 if args.quick else args.reps
