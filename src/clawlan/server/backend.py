@@ -100,7 +100,6 @@ class Backend:
     def _load(self) -> None:
         from clawlan.engine.engine import EngineConfig, build_engine
         from clawlan.engine.llama import Model
-        from clawlan.engine.microbatch import row_quantum
 
         s = self.settings.server
         if self.info is None:
@@ -125,7 +124,7 @@ class Backend:
                 host_cache_mb=s.cache_ram_mb,
                 kv_layout=s.kv_layout,
                 threads=threads,
-                row_quantum=row_quantum(info.output_type, s.gpu_layers),
+                output_type=info.output_type,
             ),
         )
         self.engine.on_step = self.on_step
