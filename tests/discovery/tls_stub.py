@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -15,7 +15,8 @@ from starlette.routing import Route
 from tests.frontend.conftest import StubBackend, free_port, wait_until
 from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
-from clawlan.server.identity import Identity, ensure_identity
+if TYPE_CHECKING:
+    from clawlan.server.identity import Identity
 
 LOOPBACK = ["127.0.0.1"]
 
@@ -24,6 +25,8 @@ class TLSStub(StubBackend):
     """The stub back end, served over HTTPS with an identity made like the server's own."""
 
     def __init__(self, state_dir: Path) -> None:
+        from clawlan.server.identity import ensure_identity
+
         super().__init__()
         self.identity: Identity = ensure_identity(state_dir)
 
@@ -54,6 +57,10 @@ class Rogue:
         self.seen: list[dict[str, Any]] = []
         self.port = free_port()
         self.server: uvicorn.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.identity else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> Rogue:
         async def anything(request: Request) -> Response:

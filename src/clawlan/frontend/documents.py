@@ -77,7 +77,7 @@ def extract(name: str, data: bytes) -> str:
             text = "\n\n".join(parts)
         else:
             text = decode_text(data)
-    except InvalidRequest:
+    except RequestError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken file is the user's to fix, not a crash
         raise InvalidRequest(f"{name}: cannot read this {kind.upper()} file ({type(exc).__name__}: {exc})") from None
