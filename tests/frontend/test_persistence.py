@@ -29,7 +29,7 @@ QUESTION = "Tell me a long story about a lighthouse keeper and her cat, in many 
 def start_backend(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "clawlan", "serve", "--port", str(port), "--ctx", "2048", "--kv-tokens", "4096",
-         "--batch-size", "2", "--threads", "2", "--log-level", "warning"],
+         "--batch-size", "2", "--threads", "2"],
     )
 
     def ready() -> bool:
@@ -85,7 +85,7 @@ def test_kill_9_backend_then_frontend_mid_answer_loses_nothing_shown(procs: list
     backend = start_backend(port)
     procs.append(backend)
     data = tmp_path / "front"
-    front_args = ["--discovery", "static", "--data-dir", str(data), "--max-tokens", "400"]
+    front_args = ["--discovery", "static", "--data-dir", str(data), "--max-tokens", "200"]
     front = launch(backend=f"http://127.0.0.1:{port}", port=free_port(), extra_args=front_args)
     procs.append(front)
     cid = httpx.post(front.url + "api/conversations", json={}).json()["id"]
@@ -112,8 +112,3 @@ def test_kill_9_backend_then_frontend_mid_answer_loses_nothing_shown(procs: list
     assert msgs[2]["content"].startswith("And then what happened")
     assert shown2 and msgs[3]["content"].startswith(shown2), (shown2, msgs[3]["content"])
     assert msgs[3]["status"] == "interrupted"
-    # And the conversation goes on.
-    with httpx.stream("POST", front.url + f"api/conversations/{cid}/messages", json={"content": "Thanks."},
-                      timeout=120) as r:
-        last = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")][-1]
-    assert last["type"] == "done", last

@@ -631,7 +631,8 @@ def build_app(cfg: FrontConfig) -> Starlette:
         Route("/v1/{rest:path}", openai_proxy, methods=["GET", "POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    guard = Middleware(security.WebGuard, allowed_hosts=security.own_names(cfg.host, cfg.trusted_hosts))
+    names = lambda: security.own_names(cfg.host, cfg.trusted_hosts)  # noqa: E731
+    guard = Middleware(security.WebGuard, allowed_hosts=names(), refresh=names)
     app = Starlette(routes=routes, exception_handlers={RequestError: on_error}, lifespan=lifespan, middleware=[guard])
     app.state.frontend = fe
     return app

@@ -29,6 +29,7 @@ import ipaddress
 import json
 import posixpath
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -94,9 +95,21 @@ def host_of(header: str) -> str:
 class WebGuard:
     """ASGI middleware: trusted hosts, no cross-site state changes, security headers on every answer."""
 
-    def __init__(self, app: ASGIApp, allowed_hosts: set[str]) -> None:
+    def __init__(self, app: ASGIApp, allowed_hosts: set[str], refresh: Callable[[], set[str]] | None = None) -> None:
         self.app = app
         self.allowed_hosts = allowed_hosts
+        self._refresh = refresh
+        self._refreshed = time.monotonic()
+
+    def host_allowed(self, host: str) -> bool:
+        if host in self.allowed_hosts:
+            return True
+        # DHCP may have given the box a new address since start: look again, at most every few seconds.
+        if self._refresh is not None and time.monotonic() - self._refreshed > 5.0:
+            self._refreshed = time.monotonic()
+            self.allowed_hosts = self._refresh()
+            return host in self.allowed_hosts
+        return False
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -121,7 +134,7 @@ class WebGuard:
 
     def check(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str, str] | None:
         host = host_of(headers.get("host", ""))
-        if host not in self.allowed_hosts:
+        if not self.host_allowed(host):
             return 400, "untrusted_host", (f"Host {host or '(none)'!r} is not a name of this box; add it to "
                                            "frontend.trusted_hosts if it is")
         if scope["method"] not in UNSAFE:
