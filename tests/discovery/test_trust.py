@@ -234,3 +234,44 @@ def test_server_identity_key_is_private_and_stable(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
     assert ensure_identity(tmp_path / "state") == a  # made once, reused at the next start
     assert len(a.fingerprint) == 64
+
+
+def test_real_server_serves_its_identity_and_the_front_end_verifies_it(serve: Any, tmp_path: Path) -> None:
+    """The real server with server.tls on: HTTPS with a key made at start, fingerprint in TXT, pinned connection."""
+    import asyncio
+
+    from clawlan.discovery.service import SERVICE_TYPE
+
+    server = serve(tls=True, state_dir=str(tmp_path / "state"), advertise=True, service_name="clawlan-trust-e2e")
+    try:
+        assert server.identity is not None and server.base_url.startswith("https://")
+        fp = server.identity.fingerprint
+        assert stat.S_IMODE(server.identity.key.stat().st_mode) == 0o600
+        d = Discoverer("mDNS", 10000, "http://127.0.0.1:9", interfaces=LOOPBACK, service_type=SERVICE_TYPE,
+                       trust=TrustStore(configured=[fp]))
+        try:
+            b = d.resolve()
+            assert b.how == "mDNS" and b.base_url == server.base_url and b.fingerprint == fp
+
+            async def models() -> bytes:
+                up = Upstream(d)
+                try:
+                    opened = await up.open("GET", "/v1/models")
+                    return b"".join([c async for c in opened.chunks()])
+                finally:
+                    await up.close()
+
+            assert b"gemma" in asyncio.run(models())
+        finally:
+            d.close()
+    finally:
+        server.stop()  # unregister now: other tests browse the same service type
+
+
+def test_lan_server_defaults_to_tls_loopback_does_not(tmp_path: Path) -> None:
+    from clawlan.server.identity import server_identity
+
+    assert server_identity(None, None, lan=True, tls=None, state_dir=tmp_path / "a") is not None
+    assert server_identity(None, None, lan=False, tls=None, state_dir=tmp_path / "b") is None
+    assert server_identity(None, None, lan=True, tls=False, state_dir=tmp_path / "c") is None
+    assert server_identity(None, None, lan=False, tls=True, state_dir=tmp_path / "d") is not None
