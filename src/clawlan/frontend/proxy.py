@@ -15,6 +15,7 @@ server, to loopback, or to the back end configured by URL.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -163,6 +164,10 @@ class Upstream:
             url = backend.base_url + path
             try:
                 client = await self.client_for(backend)
+                pinned = self._pinned.get(backend.base_url)
+                if pinned is not None and client is pinned[1] and not backend.fingerprint:
+                    # A configured https:// URL whose key is pinned: say so (the page shows "verified").
+                    backend = dataclasses.replace(backend, fingerprint=pinned[0])
                 req = client.build_request(method, url, content=content,
                                            headers=self._headers(backend, headers, add_key=add_key))
                 resp = await client.send(req, stream=True)
