@@ -505,3 +505,20 @@ def test_gpu_check_reads_nvidia_smi(tmp_path, monkeypatch) -> None:
     d = Doctor(Target("127.0.0.1", 1))
     d.check_gpu()
     assert d.checks[0].status is Status.SKIP
+
+
+def test_backend_check_names_the_build(tmp_path, monkeypatch) -> None:
+    d = Doctor(Target("127.0.0.1", 1))
+    d.check_backend()
+    (c,) = d.checks
+    assert c.status is Status.PASS and "llama.cpp CPU build" in c.detail
+    # An NVIDIA GPU beside a CPU-only llama.cpp: say so, and how to build for it.
+    from .test_planner import fake_nvidia_smi
+
+    fake_nvidia_smi(tmp_path, 20480, 19000)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    d = Doctor(Target("127.0.0.1", 1))
+    d.check_gpu()
+    d.check_backend()
+    c = by_name(d.checks)["llama-backend"]
+    assert c.status is Status.WARN and "CPU-only" in c.detail and "make run GPU=cuda" in c.fix

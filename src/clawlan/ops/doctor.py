@@ -723,6 +723,32 @@ class Doctor:
                 else "stop other GPU processes (nvidia-smi lists them) or lower batch_size",
             )
 
+    def check_backend(self) -> None:
+        """Which backend and devices this machine's llama.cpp library has (CPU, CUDA, Vulkan, ROCm)."""
+        try:
+            from clawlan.engine.devices import GPU_BUILD_HINT, backend_info
+
+            info = backend_info()
+        except Exception as exc:  # no server extras here (a front-end box), or a library that does not load
+            self.add("llama-backend", Status.SKIP, f"llama.cpp not loadable here ({type(exc).__name__}: {exc})")
+            return
+        gpus = [d for d in info.devices if d.type in ("GPU", "IGPU")]
+        listed = "; ".join(
+            f"{d.name} {d.description}" + (f" ({d.memory_free / 2**30:.1f} of {d.memory_total / 2**30:.1f} GiB free)" if d.memory_total else "")
+            for d in gpus
+        )
+        if gpus:
+            self.add("llama-backend", Status.PASS, f"llama.cpp {info.name} build: {listed}")
+        elif any(c.name == "gpu" and c.status is not Status.SKIP for c in self.checks):
+            self.add(
+                "llama-backend",
+                Status.WARN,
+                "a GPU is present but this llama.cpp build is CPU-only: --gpu-layers has no effect",
+                f"build for the GPU: {GPU_BUILD_HINT}",
+            )
+        else:
+            self.add("llama-backend", Status.PASS, f"llama.cpp {info.name} build (no GPU backend compiled in)")
+
     def run(self, skip: Iterable[str] = ()) -> list[Check]:
         skip = set(skip)
         if "config" not in skip:
@@ -741,6 +767,7 @@ class Doctor:
             self.check_model()
         if "gpu" not in skip:
             self.check_gpu()
+            self.check_backend()
         return self.checks
 
 

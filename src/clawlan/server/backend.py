@@ -59,6 +59,7 @@ class Backend:
         self.engine: Any = None
         self.template: ChatTemplate | None = None
         self.plan: ContextPlan | None = None
+        self.devices: Any = None  # engine.devices.BackendInfo of the loaded library
         self.model_id = settings.server.model_alias or EMBEDDED_ID
         self.loaded = threading.Event()
         self.end_of_turn: list[int] = []
@@ -78,8 +79,8 @@ class Backend:
             self.loaded.set()
 
     def _load(self) -> None:
+        from clawlan.engine.devices import backend_info, gpu_layers, load_model
         from clawlan.engine.engine import EngineConfig, build_engine
-        from clawlan.engine.llama import Model
         from clawlan.engine.microbatch import row_quantum
 
         s = self.settings.server
@@ -90,8 +91,10 @@ class Backend:
             self.model_id = info.path.stem
         self.plan = plan = plan_context(info, self.settings)
         threads = s.threads or psutil.cpu_count(logical=False) or 1
+        layers = gpu_layers(s.gpu_layers, info.n_layers)  # 0 on a CPU-only build, -1 past the model's layers
         if self.model is None:
-            self.model = Model(info.path, gpu_layers=s.gpu_layers)
+            self.model = load_model(info.path, layers)
+        self.devices = backend_info()
         m = self.model
         self.engine = build_engine(
             m,
@@ -105,7 +108,7 @@ class Backend:
                 host_cache_mb=s.cache_ram_mb,
                 kv_layout=s.kv_layout,
                 threads=threads,
-                row_quantum=row_quantum(info.output_type, s.gpu_layers),
+                row_quantum=row_quantum(info.output_type, layers),
             ),
         )
         self.engine.on_step = self.on_step
