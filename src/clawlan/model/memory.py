@@ -25,17 +25,18 @@ PAD = 256  # llama.cpp pads KV cache sizes to 256 cells
 DEFAULT_UBATCH = 512
 KV_TYPES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
-# The server's default sizing, fitted to the model rather than to the machine:
-# - the KV cache holds DEFAULT_CELLS_PER_SEQUENCE cells per batch slot, Ollama's default num_ctx
-#   (4,096): batch_size x 4,096 cells, at most batch_size x the trained context. For the embedded
-#   Gemma 3 270M at batch 8 that is 32,768 cells x 18 kB = 604 MB, ~1.5 GB for the whole server,
-#   where a quarter of free RAM (the former default) gave 249,856 cells and ~4.8 GB;
-# - one request may use up to DEFAULT_CONTEXT tokens of it (or the trained context, if shorter):
-#   OpenClaw's system prompt with its tools is ~10k tokens and Open WebUI's page chats ~6.5k, so
-#   Ollama's 4k or llama-server's 8k per slot (n_ctx_train / 4 default slots) would refuse them.
-#   Sequences share the cells (a unified cache), so one long request uses what short ones leave;
-#   where batch x context fits (a model trained on <= 4k tokens), every sequence gets its own stream.
-DEFAULT_CONTEXT = 16384
+# The server's default sizing, fitted to the model rather than to the machine. One KV pool that
+# every sequence shares (as llama-server's default unified cache), of
+#   max(batch_size x DEFAULT_CELLS_PER_SEQUENCE, min(trained context, DEFAULT_CONTEXT)) cells,
+# and one request may use up to min(trained context, pool) of it:
+# - DEFAULT_CELLS_PER_SEQUENCE is Ollama's default num_ctx (4,096) for each batch slot;
+# - DEFAULT_CONTEXT: llama-server's default pool is the trained context; capped at 32k here, as a
+#   128k-trained 8B model would otherwise take 16 GB of KV by default. OpenClaw turns reach ~15k
+#   tokens and Open WebUI's page chats ~6.5k, so a 4k or 8k cap per request would refuse them.
+# Where batch x context fits the pool (a model trained on <= 4k tokens), every sequence gets its
+# own stream. The embedded Gemma 3 270M at batch 8: 32,768 cells x 18 kB = 604 MB of KV and
+# ~1.0 GB of RSS in all, where a quarter of free RAM (the former default) gave ~4.8 GB.
+DEFAULT_CONTEXT = 32768
 DEFAULT_CELLS_PER_SEQUENCE = 4096
 OUTPUT_ROWS_PER_SEQUENCE = 9  # logits rows a decoding sequence asks for: its token and the default 8 drafts
 DEFAULT_RAM_SHARE = 0.25  # without memory_budget_mb, the KV cache may take at most this share of free RAM
@@ -196,9 +197,9 @@ def size_context(
             ctx = trained
         kv = kv_tokens or max(ctx, min(ctx * batch, cap))
     else:
-        ctx = min(trained, DEFAULT_CONTEXT)
-        want = batch * min(ctx, DEFAULT_CELLS_PER_SEQUENCE)
-        kv = kv_tokens or min(max(want, ctx), cap)
+        pool = max(batch * min(trained, DEFAULT_CELLS_PER_SEQUENCE), min(trained, DEFAULT_CONTEXT))
+        kv = kv_tokens or min(pool, cap)
+        ctx = min(trained, kv)
     if kv < PAD:  # only the budget makes it this small: say which setting to change
         raise ConfigError(
             f"server.memory_budget_mb: {int(budget_bytes) // MiB} MB holds only {int(budget_bytes // per_token)} KV "
