@@ -79,7 +79,7 @@ probe() {  # name, python prelude; then Model(MODEL) with all layers offloaded
   timeout 180 "$PY" -c "$2
 from clawlan.engine.llama import Model
 m = Model('$MODEL', gpu_layers=$((NGL ? -1 : 0))); print('loaded', m.n_vocab)" >"$OUT/probe-$1.log" 2>&1 || rc=$?
-  say "probe $1: rc=$rc$( ((rc == 139 || rc == 245)) && echo ' SEGFAULT')"
+  say "probe $1: rc=$rc$( ((rc == 139)) && echo ' (SIGSEGV)')"
 }
 probe alone "pass"
 probe resolve "from clawlan.model.store import resolve; resolve('$MODEL')"

@@ -35,7 +35,7 @@ KV_TYPES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 3
 #   tokens and Open WebUI's page chats ~6.5k, so a 4k or 8k cap per request would refuse them.
 # Where batch x context fits the pool (a model trained on <= 4k tokens), every sequence gets its
 # own stream. The embedded Gemma 3 270M at batch 8: 32,768 cells x 18 kB = 604 MB of KV and
-# ~1.0 GB of RSS in all, where a quarter of free RAM (the former default) gave ~4.8 GB.
+# ~1.1 GB of RSS in all, where a quarter of free RAM (the former default) gave ~4.8 GB.
 DEFAULT_CONTEXT = 32768
 DEFAULT_CELLS_PER_SEQUENCE = 4096
 OUTPUT_ROWS_PER_SEQUENCE = 9  # logits rows a decoding sequence asks for: its token and the default 8 drafts
@@ -103,7 +103,7 @@ def compute_resident_bytes(info: ModelInfo, ubatch: int, out_rows: int) -> float
 
     llama.cpp reserves logits for every token of a micro-batch, but the engine asks for logits
     only on rows that sample (one per sequence plus its draft tokens), so most of the reserved
-    pages are never touched. Measured on the embedded model: RSS 1.01-1.07 GB against 1.50 GB
+    pages are never touched. Measured on the embedded model: RSS 1.04-1.09 GB against 1.50 GB
     allocated, the difference being these untouched logits rows.
     """
     return 4.0 * (min(out_rows, ubatch) * info.vocab_size + 2 * ubatch * info.n_embd)
