@@ -4,6 +4,7 @@
 # model, same slots, same KV cells, --draft-tokens 0) at 1, 8, 32 and 64 streams and print one table.
 #
 #   /work/shared/gpu/bundle.sh .gpu                # here, once (~40 s): llama.cpp source, bindings, wheels
+#   bench/gpu.sh --prepare .gpu                    # here too: puts back llama-server's UI templates
 #   bench/gpu.sh .gpu                              # on the GPU machine, from the repository root (~8 min)
 #   bench/gpu.sh --cpu .gpu                        # the same steps on a CPU build, small (a dry run)
 #
@@ -16,6 +17,16 @@
 set -euo pipefail
 
 cpu=0
+if [[ ${1:-} == --prepare ]]; then
+  # bundle.sh keeps only CMake files under tools/ui, but llama-server's build configures two
+  # templates from there (ui.h.in, ui.cpp.in): take them from the same pinned sdist.
+  dest=${2:?usage: bench/gpu.sh --prepare BUNDLE}/llama.cpp/tools/ui
+  ver=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}; tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$ver" 2>/dev/null
+  tar xzf "$tmp/llama_cpp_python-$ver.tar.gz" -C "$tmp" --wildcards "*/vendor/llama.cpp/tools/ui/*.in"
+  cp "$tmp"/llama_cpp_python-"$ver"/vendor/llama.cpp/tools/ui/*.in "$dest"/ && rm -rf "$tmp"
+  echo "gpu.sh: $(ls "$dest"/*.in | wc -l) templates in $dest"; exit 0
+fi
 if [[ ${1:-} == --cpu ]]; then cpu=1; shift; fi
 bundle=$(cd "${1:?usage: bench/gpu.sh [--cpu] BUNDLE}" && pwd)
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,6 +52,8 @@ trap cleanup EXIT
 if [[ -e $BUILD/bin/libllama.so && -x $BUILD/bin/llama-server ]]; then
   say "build: reusing $BUILD"
 else
+  [[ -e $bundle/llama.cpp/tools/ui/ui.h.in ]] || {
+    echo "gpu.sh: $bundle lacks llama-server's UI templates: run bench/gpu.sh --prepare $bundle where PyPI is reachable" >&2; exit 2; }
   if ((cpu)); then backend=(-DGGML_CUDA=OFF); else
     command -v nvcc >/dev/null || { echo "gpu.sh: nvcc not found: this is not a CUDA machine (try --cpu)" >&2; exit 2; }
     backend=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90-real}" -DGGML_CUDA_NCCL=OFF -DGGML_CUDA_FA_QUANTS=f16-f16)
