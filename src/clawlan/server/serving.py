@@ -61,7 +61,8 @@ class RunningServer:
             log_level="warning",
             ssl_certfile=s.tls_cert,
             ssl_keyfile=s.tls_key,
-            timeout_graceful_shutdown=3,
+            # SIGTERM stops accepting at once (readiness fails) and lets running streams finish this long.
+            timeout_graceful_shutdown=s.drain_seconds,
             access_log=False,
         )
         self.server = uvicorn.Server(config)
