@@ -49,8 +49,8 @@ def schedule(conversations: int, turns: int, seed: int) -> list[int]:
     return order
 
 
-def run_workload(base_url: str, *, conversations: int = 12, turns: int = 4, words: int = 150, max_tokens: int = 16,
-                 seed: int = 0, text_seed: int | None = None, timeout_s: float = 600) -> dict[str, Any]:  # fmt: skip
+def run_workload(base_url: str, *, conversations: int = 12, turns: int = 4, words: int = 60, followup_words: int = 100,
+                 max_tokens: int = 32, seed: int = 0, text_seed: int | None = None, timeout_s: float = 600) -> dict[str, Any]:  # fmt: skip
     rng = random.Random(seed if text_seed is None else text_seed)
     history: list[list[dict[str, str]]] = [[{"role": "user", "content": opener(rng, words)}] for _ in range(conversations)]
     done = [0] * conversations
@@ -75,7 +75,7 @@ def run_workload(base_url: str, *, conversations: int = 12, turns: int = 4, word
             done[c] += 1
             history[c] += [
                 {"role": "assistant", "content": doc["choices"][0]["message"]["content"] or "ok"},
-                {"role": "user", "content": f"Thanks. Now point {done[c]}: {' '.join(rng.choice(WORDS) for _ in range(12))}?"},
+                {"role": "user", "content": f"Thanks. Now point {done[c]}: {' '.join(rng.choice(WORDS) for _ in range(followup_words))}?"},
             ]
     return {
         "requests": conversations * turns,
@@ -126,8 +126,13 @@ def run_policy(policy: str, workers: list[str], port: int, args: argparse.Namesp
             if time.monotonic() > deadline:
                 raise SystemExit("the router did not take every worker")
             time.sleep(0.2)  # polling the router's list with a deadline
-        return run_workload(router.process.url, conversations=args.conversations, turns=args.turns, words=args.words,
-                            max_tokens=args.max_tokens, seed=args.seed, text_seed=text_seed)  # fmt: skip
+        runs = [run_workload(router.process.url, conversations=args.conversations, turns=args.turns, words=args.words,
+                             followup_words=args.followup_words, max_tokens=args.max_tokens, seed=args.seed + k,
+                             text_seed=text_seed * 100 + k) for k in range(args.repeats)]  # fmt: skip
+        total = {key: sum(r[key] for r in runs) for key in ("requests", "failed", "prompt_tokens", "cached_tokens", "seconds")}
+        total["cached_share"] = total["cached_tokens"] / total["prompt_tokens"] if total["prompt_tokens"] else 0.0
+        total["runs"] = runs
+        return total
     finally:
         router.stop()
 
@@ -143,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policies", default="cache_aware,round_robin")
     p.add_argument("--conversations", type=int, default=12)
     p.add_argument("--turns", type=int, default=4)
-    p.add_argument("--words", type=int, default=150, help="words in each conversation's first message")
-    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--words", type=int, default=60, help="words in each conversation's first message")
+    p.add_argument("--followup-words", type=int, default=100, help="words in each later user message")
+    p.add_argument("--max-tokens", type=int, default=32, help="tokens in each answer")
+    p.add_argument("--repeats", type=int, default=1, help="runs per policy, seeds --seed, --seed+1, ...; totals pooled")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args(argv)
@@ -155,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, policy in enumerate(args.policies.split(",")):
             results[policy] = run_policy(policy, workers, args.router_port, args, text_seed=args.seed * 1000 + i + 1)
             r = results[policy]
+            per_run = ", ".join(f"{x['cached_share']:.1%}" for x in r["runs"])
             print(f"{policy:>14}: {r['cached_tokens']}/{r['prompt_tokens']} prompt tokens from cache "
-                  f"= {r['cached_share']:.1%}  ({r['requests']} requests, {r['failed']} failed, {r['seconds']} s)", flush=True)  # fmt: skip
+                  f"= {r['cached_share']:.1%}  ({r['requests']} requests, {r['failed']} failed, {r['seconds']:.0f} s; "
+                  f"per run {per_run})", flush=True)  # fmt: skip
     finally:
         for proc, _ in started:
             proc.send_signal(signal.SIGTERM)

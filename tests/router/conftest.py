@@ -84,11 +84,12 @@ class Node:
         return f"http://{LOOPBACK}:{self.port}"
 
     def start(self) -> Node:
-        # A long drain, as in the Kubernetes manifests: SIGTERM lets running streams finish.
+        # A long drain, as in the Kubernetes manifests: SIGTERM lets running streams finish. A long
+        # progress timeout: an 11k-token prefill on one thread of a shared 2-core machine can pass 30 s.
         env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
                "CLAWLAN_DISCOVERY_SERVICE_NAME": self.name, "CLAWLAN_SERVER_DRAIN_SECONDS": "120"}  # fmt: skip
         argv = [sys.executable, "-m", "clawlan", "serve", "--host", LOOPBACK, "--port", str(self.port), "--threads", "1",
-                "--batch-size", "2", "--ctx", str(self.ctx), "--kv-tokens", str(2 * self.ctx), "--advertise"]  # fmt: skip
+                "--batch-size", "2", "--ctx", str(self.ctx), "--kv-tokens", str(2 * self.ctx), "--timeout-ms", "600000", "--advertise"]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return self

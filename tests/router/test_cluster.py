@@ -72,7 +72,8 @@ def test_cache_aware_serves_at_least_twice_round_robins_share_from_cache(make_ro
         flags = ["--policy", policy, "--no-discover"] + [x for n in nodes for x in ("--worker", n.url)]
         router = make_router(*flags)
         wait_for(lambda r=router: len(members(r)) == 3, 30, "three workers")
-        r = bench.run_workload(router.process.url, conversations=5, turns=3, words=120, max_tokens=12, seed=7, text_seed=100 + i)
+        r = bench.run_workload(router.process.url, conversations=5, turns=3, words=120, followup_words=12,
+                               max_tokens=12, seed=7, text_seed=100 + i)
         assert r["failed"] == 0
         shares[policy] = r["cached_share"]
         router.stop()

@@ -35,7 +35,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--match", default="*", metavar="GLOB", help="only mDNS instance names matching this glob (default: all)")
     p.add_argument("--mdns-interface", action="append", default=[], metavar="ADDR", help="interface address to browse and advertise on (repeatable; default all)")
     p.add_argument("--advertise", action=argparse.BooleanOptionalAction, default=None, help="advertise the router by mDNS (default: on when bound to the LAN)")
-    p.add_argument("--name", help="mDNS instance name (default: clawlan router on HOSTNAME)")
+    p.add_argument("--name", help="mDNS instance name (default: clawlan (router) on HOSTNAME)")
     p.add_argument("--metrics-port", type=int, default=29000, help="the router's Prometheus port (default 29000)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="the router's Prometheus bind address (default 127.0.0.1)")
     p.add_argument("--sync-interval", type=float, default=1.0, metavar="S", help="seconds between worker-list passes (default 1)")
@@ -100,7 +100,9 @@ class Router:
 
         model = next((r.model for r in (self.browser.nodes() if self.browser else []) if r.model), "")
         a = self.args
-        name = a.name or f"clawlan router on {socket.gethostname().split('.')[0]}"
+        # "(" sorts before letters: a front end that picks the first name in order (today's rule)
+        # takes the router over "clawlan on HOST" nodes; TXT role=router says it outright.
+        name = a.name or f"clawlan (router) on {socket.gethostname().split('.')[0]}"
         record = RouterRecord(name=name, host=a.host, port=a.port, model=model, version=__version__)
         bind = a.mdns_interface[0] if a.mdns_interface else a.host
         self.advertiser = Advertiser(record, bind)
