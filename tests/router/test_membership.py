@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -108,3 +109,28 @@ def test_taken_port_is_a_one_line_error(make_router):
     router = make_router()
     p = run_cli("--port", str(router.process.options.port))
     assert p.returncode == 2 and "already in use" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+
+
+def test_cli_routes_to_a_static_worker_and_sigterm_stops_its_child(stub_worker):
+    from clawlan.router.process import free_port, port_taken
+
+    w = stub_worker()
+    port, mport = free_port(), free_port()
+    p = subprocess.Popen([sys.executable, "-m", "clawlan", "router", "--no-discover", "--worker", w.url, "--port", str(port),
+                          "--metrics-port", str(mport)], env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        def listed() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/list_workers", timeout=2).json()["urls"] == [w.url]
+            except httpx.HTTPError:
+                return False
+
+        wait_for(listed, 30, "the CLI's router to list the worker")
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0
+        assert not port_taken("127.0.0.1", port)  # the vllm-router child went with it
+        assert "routing the OpenAI API at" in p.stdout.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
