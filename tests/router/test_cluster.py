@@ -43,6 +43,7 @@ def routed(make_router, nodes):
     return make
 
 
+@pytest.mark.timeout(1800)  # two ~12k-token prefills on one thread of a shared 2-core machine
 def test_openclaw_shaped_12_tool_request_through_the_router(routed):
     router = routed()
     tools_test = load("router_test_tools", ROOT / "tests" / "server" / "test_tools.py")
@@ -65,7 +66,8 @@ def test_clawlan_bench_through_the_router(routed, tmp_path, capsys):
 
 
 def test_cache_aware_serves_at_least_twice_round_robins_share_from_cache(make_router, nodes):
-    """A light version of bench/router_cache.py: 5 conversations x 3 turns, history re-sent each turn."""
+    """A light version of bench/router_cache.py: 5 conversations x 3 turns, history re-sent each turn,
+    one request at a time (deterministic; the bench runs conversations concurrently)."""
     bench = load("router_cache", ROOT / "bench" / "router_cache.py")
     shares = {}
     for i, policy in enumerate(["cache_aware", "round_robin"]):

@@ -113,6 +113,14 @@ class RouterOptions:
         ]  # fmt: skip
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux for SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class RouterProcess:
     """vllm-router running as our child; ``stop`` ends it (and only it)."""
 
@@ -135,8 +143,11 @@ class RouterProcess:
             raise ConfigError(f"--metrics-port {o.metrics_port}: the port is already in use; choose another")
         argv = o.argv(self.binary)
         log.info("starting %s", " ".join(argv))
-        # Its own process group: a terminal's Ctrl-C reaches us, and we stop it in order.
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        # Its own process group: a terminal's Ctrl-C reaches us, and we stop it in order. On Linux it
+        # also gets SIGTERM if we die without stopping it (SIGKILL), so no router outlives us.
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
