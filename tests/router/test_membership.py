@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import httpx
-from tests.router.conftest import SRC, members, needs_router, wait_for
+from tests.router.conftest import SRC, members, needs_router, status, wait_for
 
 from clawlan.discovery.browser import Discoverer
 from clawlan.discovery.service import SERVICE_TYPE
@@ -131,6 +131,24 @@ def test_cli_routes_to_a_static_worker_and_sigterm_stops_its_child(stub_worker):
         assert p.wait(30) == 0
         assert not port_taken("127.0.0.1", port)  # the vllm-router child went with it
         assert "routing the OpenAI API at" in p.stdout.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_a_killed_clawlan_router_takes_its_vllm_router_along(stub_worker):
+    from clawlan.router.process import free_port, port_taken
+
+    w = stub_worker()
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "clawlan", "router", "--no-discover", "--worker", w.url, "--port", str(port),
+                          "--metrics-port", str(free_port())], env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: port_taken("127.0.0.1", port) and status(f"http://127.0.0.1:{port}", "/liveness") == 200, 30, "the router")
+        p.kill()  # SIGKILL: no chance to stop the child itself
+        p.wait(10)
+        wait_for(lambda: not port_taken("127.0.0.1", port), 20, "the orphaned vllm-router to exit")
     finally:
         if p.poll() is None:
             p.kill()
