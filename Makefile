@@ -35,7 +35,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[server,front,ops,test]'
+	$(BIN)/pip install -q -e '.[server,front,ops,router,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

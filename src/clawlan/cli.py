@@ -22,6 +22,7 @@ COMMANDS = [
     "clawlan.frontend.command",  # front
     "clawlan.tools.command",  # clawdbot-config
     "clawlan.ops.command",  # plan, doctor, bench, quantize
+    "clawlan.router.command",  # router
 ]
 
 

@@ -116,6 +116,9 @@ class ServerSection(Section):
     state_dir: str | None = Field(None, description="where the server keeps its TLS identity; default ~/.local/state/clawlan/server")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: none")
     max_request_ms: int | None = Field(None, ge=1, description="optional bound on a request's total time")
+    drain_seconds: int = Field(
+        3, ge=0, le=3600, description="on SIGTERM, how long in-flight requests may finish before they are cut"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
 
 

@@ -164,6 +164,15 @@ class Service:
             return JSONResponse({"status": "error", "error": b.error}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
 
+    async def load(self, request: Request) -> Response:
+        """The load figure vLLM's and SGLang's routers poll (``GET /get_load`` -> ``{"load": n}``):
+        sequences running plus requests waiting, so power_of_two and the cache-aware balancer see real load."""
+        eng = self.backend.engine
+        if eng is None:
+            return JSONResponse({"load": 0, "running": 0, "waiting": 0})
+        running, waiting = len(eng.scheduler.running), len(eng.scheduler.waiting)
+        return JSONResponse({"load": running + waiting, "running": running, "waiting": waiting})
+
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -476,6 +485,7 @@ def create_app(settings: Settings, backend: Backend | None = None, load: bool = 
         routes=[
             Route("/health", svc.health),
             Route("/metrics", svc.metrics_endpoint),
+            Route("/get_load", svc.load),
             Route("/v1/models", svc.models),
             Route("/v1/chat/completions", svc.chat, methods=["POST"]),
             Route("/v1/completions", svc.completions, methods=["POST"]),

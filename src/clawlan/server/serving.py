@@ -66,7 +66,8 @@ class RunningServer:
             log_level="warning",
             ssl_certfile=str(self.identity.cert) if self.identity else None,
             ssl_keyfile=str(self.identity.key) if self.identity else None,
-            timeout_graceful_shutdown=3,
+            # SIGTERM stops accepting at once (readiness fails) and lets running streams finish this long.
+            timeout_graceful_shutdown=s.drain_seconds,
             access_log=False,
         )
         self.server = uvicorn.Server(config)
