@@ -16,11 +16,15 @@ import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 import pytest
 
 from clawlan.cli import main
 from clawlan.ops.doctor import Doctor, Status, Target, iptables_verdicts, nft_verdicts, parse_backend
+
+if TYPE_CHECKING:
+    from clawlan.server.identity import Identity
 
 # --- pure parsing -------------------------------------------------------------------------------
 
@@ -170,33 +174,44 @@ def by_name(checks: list) -> dict:
     return {c.name: c for c in checks}
 
 
-def test_loopback_backend_passes(health_server: int) -> None:
+def report_rtt(detail: str) -> None:
+    # The round trip is a figure for the reader, not a test outcome: a loaded shared machine can exceed 5 ms.
+    print(f"rtt: {detail}")
+
+
+def test_loopback_backend_passes(health_server: int, capsys) -> None:
     from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
-    from clawlan.discovery.service import SERVICE_TYPE
-
+    # This test's own service type: other advertisers on this loopback (other tests, other sessions) cannot
+    # answer it, and the doctor must pick out the record at its back end's address and port.
+    service_type = f"_clw{uuid.uuid4().hex[:8]}._tcp.local."
     zc = Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
     info = ServiceInfo(
-        SERVICE_TYPE,
-        f"doctor-test-{uuid.uuid4().hex[:6]}.{SERVICE_TYPE}",
+        service_type,
+        f"doctor-test-{uuid.uuid4().hex[:6]}.{service_type}",
         addresses=[bytes([127, 0, 0, 1])],
         port=health_server,
         properties={"model": "t"},
     )
     zc.register_service(info)
     try:
-        d = Doctor(Target("localhost", health_server), mdns_timeout=3.0)
+        d = Doctor(Target("localhost", health_server), mdns_timeout=3.0, service_type=service_type)
         c = by_name(d.run(skip=["model", "gpu", "firewall"]))
     finally:
         zc.unregister_service(info)
         zc.close()
     assert c["dns"].status is Status.PASS and "127.0.0.1" in c["dns"].detail
     assert c["tcp"].status is Status.PASS
-    assert c["health"].status is Status.PASS
-    assert c["rtt"].status is Status.PASS  # loopback is well under 5 ms
+    assert c["health"].status is Status.PASS and "http://127.0.0.1" in c["health"].detail
+    assert c["rtt"].status in (Status.PASS, Status.WARN) and "median /health round trip" in c["rtt"].detail
+    with capsys.disabled():
+        report_rtt(c["rtt"].detail)
     assert c["listening"].status is Status.WARN and "--host 0.0.0.0" in c["listening"].fix  # loopback only
     assert c["subnet"].status is Status.PASS
     assert c["mdns"].status is Status.PASS and "doctor-test-" in c["mdns"].detail
+    assert f"127.0.0.1:{health_server}" in c["mdns"].detail
+    # It advertises plain HTTP: front ends would not use it from mDNS, and doctor says so.
+    assert c["pin"].status is Status.WARN and "plain HTTP" in c["pin"].detail
 
 
 def test_loopback_closed_port_exit_code(capsys) -> None:
@@ -268,10 +283,11 @@ def netns_usable() -> str | None:
 
 
 SERVER = r"""
-import sys, threading
+import ssl, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from zeroconf import IPVersion, ServiceInfo, Zeroconf
 addr, port = sys.argv[1], int(sys.argv[2])
+cert, key, fp = (sys.argv[3:6] + ["", "", ""])[:3]  # HTTPS with this identity when given
 class H(BaseHTTPRequestHandler):
     def do_GET(self):
         body = b'{"status":"ok"}'
@@ -279,9 +295,15 @@ class H(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
     def log_message(self, *a): pass
 srv = ThreadingHTTPServer((addr, port), H)
+props = {"model": "t"}
+if cert:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    props.update({"tls": "1", "fp": fp})
 zc = Zeroconf(interfaces=[addr], ip_version=IPVersion.V4Only)
 zc.register_service(ServiceInfo("_clawlan._tcp.local.", "netns-backend._clawlan._tcp.local.",
-    addresses=[bytes(int(x) for x in addr.split("."))], port=port, properties={"model": "t"}))
+    addresses=[bytes(int(x) for x in addr.split("."))], port=port, properties=props))
 print("ready", flush=True)
 threading.Thread(target=srv.serve_forever, daemon=True).start()
 sys.stdin.read()  # runs until the test closes stdin
@@ -298,6 +320,7 @@ class Pair:
         self.cif, self.sif = f"vc{uid}", f"vs{uid}"
         self.server_addr = server_cidr.split("/")[0]
         self.proc: subprocess.Popen | None = None
+        self.identity: Identity | None = None
         _ip("netns", "add", self.client)
         _ip("netns", "add", self.server)
         _ip(
@@ -319,9 +342,10 @@ class Pair:
             _ip("-n", ns, "link", "set", dev, "up")
             _ip("-n", ns, "link", "set", "lo", "up")
 
-    def start_backend(self, port: int = 8080) -> None:
+    def start_backend(self, port: int = 8080, identity: Identity | None = None) -> None:
+        tls = [str(identity.cert), str(identity.key), identity.fingerprint] if identity else []
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.server, sys.executable, "-c", SERVER, self.server_addr, str(port)],
+            ["ip", "netns", "exec", self.server, sys.executable, "-c", SERVER, self.server_addr, str(port), *tls],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -362,25 +386,41 @@ def netns() -> None:
 
 
 @pytest.fixture(scope="module")
-def lan(netns: None) -> Iterator[Pair]:
+def lan(netns: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    from clawlan.server.identity import ensure_identity
+
+    # The back end serves HTTPS with a certificate of its own, as a LAN server does by default.
     pair = Pair("a", "10.231.0.2/24", "10.231.0.1/24")
+    pair.identity = ensure_identity(tmp_path_factory.mktemp("netns-server"))
     try:
-        pair.start_backend(8080)
+        pair.start_backend(8080, pair.identity)
         yield pair
     finally:
         pair.close()
 
 
-def test_netns_backend_reachable(lan: Pair) -> None:
-    out = lan.doctor("10.231.0.1:8080")
+def test_netns_backend_reachable(lan: Pair, tmp_path, capsys) -> None:
+    # The front end on the client trusts this server's key by config; its pin file is this test's own.
+    cfg = tmp_path / "front.json"
+    cfg.write_text(json.dumps({"frontend": {"trusted_backends": [lan.identity.fingerprint]}}))
+    out = lan.doctor("10.231.0.1:8080", "--config", str(cfg), "--data-dir", str(tmp_path / "front"))
     c = out["by"]
     assert c["tcp"]["status"] == "PASS" and lan.cif in c["tcp"]["detail"]
-    assert c["health"]["status"] == "PASS"
-    assert c["rtt"]["status"] == "PASS"
+    # No scheme given: the TXT record's tls flag makes it HTTPS, verified against the configured fingerprint.
+    assert out["backend"]["scheme"] == "https"
+    assert c["tls"]["status"] == "PASS" and "frontend.trusted_backends" in c["tls"]["detail"]
+    assert c["health"]["status"] == "PASS" and "https://10.231.0.1:8080/health" in c["health"]["detail"]
+    assert "median /health round trip" in c["rtt"]["detail"]
+    with capsys.disabled():
+        report_rtt(c["rtt"]["detail"])
     assert c["subnet"]["status"] == "PASS" and "10.231.0.0/24" in c["subnet"]["detail"]
     assert c["listening"]["status"] == "SKIP" and c["firewall"]["status"] == "SKIP"  # another machine
     assert c["mdns"]["status"] == "PASS" and "netns-backend" in c["mdns"]["detail"]
-    assert out["exit"] == 0
+    assert c["pin"]["status"] == "PASS" and "trusted (configured)" in c["pin"]["detail"]
+    # Everything else passes; the round trip alone may warn on a loaded machine (a figure, not a verdict).
+    others = [x for x in out["checks"] if x["name"] != "rtt"]
+    assert all(x["status"] == "PASS" for x in others if x["status"] != "SKIP"), others
+    assert out["exit"] == (0 if c["rtt"]["status"] == "PASS" else 1)
 
 
 def test_netns_closed_port(lan: Pair) -> None:
