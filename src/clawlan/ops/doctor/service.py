@@ -100,6 +100,19 @@ class ServiceChecks(Results):
     def explain(self, name: str, where: str, pinned: str | None, seen: str) -> str:
         return explain_pin_mismatch(name, where, pinned, seen, self.frontend_data_dir, admin_url=self.admin_url)
 
+    def explain_mismatch(self, name: str, where: str, advertised: str, seen: str) -> str:
+        """A server whose TXT record claims one key while its handshake shows another (the trust module's
+        explanation is about a changed pin; this one is about a claim the server cannot back)."""
+        host = where.rsplit(":", 1)[0]
+        return "\n".join([
+            f"{name!r} at {where} advertises fingerprint {show_fingerprint(advertised)}",
+            f"  but its TLS handshake presents {show_fingerprint(seen)}: it does not hold the key it claims.",
+            "  Front ends refuse it. If the advertised key is a server you accepted, another host is pretending",
+            f"  to be it: find it (tcpdump -i any udp port 5353 and host {host}) and take it off the LAN.",
+            "  If it is your server, reinstalled, restart it so it advertises its new key; then check that key",
+            f"  on the server and accept it as admin at {self.admin_url}, or add it to frontend.trusted_backends.",
+        ])
+
     def record_for(self, addr: str) -> ServiceRecord | None:
         return next((r for r in self.records or [] if r.host == addr and r.port == self.target.port), None)
 
@@ -165,7 +178,7 @@ class ServiceChecks(Results):
                 self.add("pin", Status.FAIL,
                          f"{head}: mismatch: advertises {show_fingerprint(rec.fingerprint)} but presents "
                          f"{show_fingerprint(seen)}; front ends refuse it",
-                         self.explain(rec.name, where, rec.fingerprint, seen))
+                         self.explain_mismatch(rec.name, where, rec.fingerprint, seen))
                 continue
             state = classify(rec, trust)
             if state == "trusted":
@@ -203,14 +216,15 @@ class ServiceChecks(Results):
             self.add("tls", Status.FAIL,
                      f"{where} presents {show_fingerprint(seen)} but its mDNS record advertises "
                      f"{show_fingerprint(rec.fingerprint)}",
-                     self.explain(rec.name, where, rec.fingerprint, seen))
+                     f"see the pin result for {rec.name} below")
         else:
             name = rec.name if rec else where
             pinned = trust.pinned_for(rec.name) if rec else None
             self.add("tls", Status.FAIL if pinned else Status.WARN,
                      f"certificate {show_fingerprint(seen)} is not trusted here"
                      + (" (it matches the advertised fingerprint)" if rec and rec.fingerprint == seen else ""),
-                     self.explain(name, where, pinned, seen))
+                     # The pin results below explain each advertised server once; say it here only without them.
+                     f"see the pin result for {name} below" if rec else self.explain(name, where, pinned, seen))
         return pinned_context(der)
 
     def check_health(self, addr: str) -> None:
