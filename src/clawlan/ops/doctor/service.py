@@ -90,6 +90,7 @@ class ServiceChecks(Results):
     admin_url: str
     records: list[ServiceRecord] | None  # None: not browsed (skipped, or no interface faces the back end)
     mdns_problem: str  # why not browsed, for the mdns result
+    mdns_src: str  # the interface address browsed
 
     # -- trust ------------------------------------------------------------------------------------
 
