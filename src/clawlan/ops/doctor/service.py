@@ -234,7 +234,7 @@ class ServiceChecks(Results):
         rec = self.record_for(addr)
         if rec and rec.tls and not self.target.explicit_scheme:
             self.target.scheme = "https"  # the server says it speaks HTTPS (the default on the LAN)
-        verify: ssl.SSLContext | bool = False
+        verify: ssl.SSLContext | bool = True  # plain HTTP has nothing to verify; never False
         if self.target.scheme == "https":
             ctx = self.tls_context(addr)
             if ctx is None:
