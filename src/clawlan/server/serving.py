@@ -22,6 +22,7 @@ from clawlan.discovery.service import ServiceRecord
 from clawlan.errors import ConfigError
 from clawlan.server.app import create_app
 from clawlan.server.backend import Backend
+from clawlan.server.limits import guarded_protocol
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class RunningServer:
             ssl_keyfile=s.tls_key,
             timeout_graceful_shutdown=3,
             access_log=False,
+            http=guarded_protocol(s.header_timeout_ms / 1000.0),  # slow-loris: a deadline for request heads
         )
         self.server = uvicorn.Server(config)
         self.advertiser: Advertiser | None = None
