@@ -128,8 +128,8 @@ _PRIMITIVES = {
     "boolean": r'"true" | "false"',
     "null": r'"null"',
     "value": "object | array | string | number | boolean | null",
-    "object": r'"{" ws ( string ws ":" ws value ( ws "," ws string ws ":" ws value )* )? ws "}"',
-    "array": r'"[" ws ( value ( ws "," ws value )* )? ws "]"',
+    "object": r'"{" ws ( string ws ":" ws value ( ws "," ws string ws ":" ws value )* ws )? "}"',
+    "array": r'"[" ws ( value ( ws "," ws value )* ws )? "]"',
 }
 _PRIMITIVE_DEPS = {
     "string": ["char"],
@@ -548,8 +548,7 @@ class _Builder:
             if lo > 0:
                 raise self.fail("minProperties on an object that allows no properties", where)
             content = ""
-        body = f'"{{" {ws} {content} {ws} "}}"' if content else f'"{{" {ws} "}}"'
-        return self.add(hint, body)
+        return self.add(hint, _enclose('"{"', '"}"', content, ws))
 
     def key_excluding(self, names: list[str], hint: str) -> str:
         """A JSON string rule for any key except the declared ``names``.
@@ -608,7 +607,7 @@ class _Builder:
             for i in range(len(parts) - 1, -1, -1):
                 lead = "" if i == 0 else f"{sep} "
                 body = f"( {lead}{parts[i]} {body} )" + ("?" if i >= lo else "")
-            return self.add(hint, f'"[" {ws} {body} {ws} "]"')
+            return self.add(hint, _enclose('"["', '"]"', body, ws))
         if items is False or hi_n == 0:
             if lo > 0:
                 raise self.fail("minItems with no items allowed", where)
@@ -616,7 +615,7 @@ class _Builder:
         item = self.visit(items, f"{where}/items", f"{hint}-item")
         more = _repeat(f"( {sep} {item} )", max(lo - 1, 0), None if hi_n is None else hi_n - 1)
         content = f"( {item} {more} )" + ("" if lo > 0 else "?")
-        return self.add(hint, f'"[" {ws} {content} {ws} "]"')
+        return self.add(hint, _enclose('"["', '"]"', content, ws))
 
     def visit_string(self, schema: Mapping, where: str, hint: str) -> str:
         lo = int(schema.get("minLength", 0))
@@ -679,6 +678,16 @@ class _Builder:
             return _Regex(pattern, self.primitive("char")).translate()
         except _RegexUnsupported as exc:
             raise self.fail(f"pattern {pattern!r} ({exc})", where) from None
+
+
+def _enclose(open_: str, close: str, content: str, ws: str) -> str:
+    """Brackets around ``content`` with whitespace inside; an empty one gets a single ``ws``, not
+    two in a row (a small model otherwise writes ``{\n    \n }``, tokens that buy nothing)."""
+    if not content:
+        return f"{open_} {ws} {close}"
+    if content.endswith("?"):  # wholly optional content
+        return f"{open_} {ws} ( {content[:-1]} {ws} )? {close}"
+    return f"{open_} {ws} {content} {ws} {close}"
 
 
 def _group(expr: str) -> str:
