@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from collections import namedtuple
@@ -181,10 +180,6 @@ def test_errors_are_model_errors():
         assert issubclass(cls, ModelError)
 
 
-HAS_SERVE = importlib.util.find_spec("clawlan.server.command") is not None
-
-
-@pytest.mark.skipif(not HAS_SERVE, reason="the serve command does not exist yet")
 @pytest.mark.parametrize("case", list(CASES))
 def test_serve_prints_one_line_and_exits_non_zero(case, tmp_path, embedded, capsys, no_native_load):
     from clawlan.cli import main
@@ -200,7 +195,6 @@ def test_serve_prints_one_line_and_exits_non_zero(case, tmp_path, embedded, caps
     assert not no_native_load
 
 
-@pytest.mark.skipif(not HAS_SERVE, reason="the serve command does not exist yet")
 def test_serve_not_enough_disk(tmp_path, monkeypatch, capsys, no_native_load):
     from clawlan.cli import main
 

@@ -87,18 +87,20 @@ def test_metrics_follow_the_definitions(two_servers) -> None:
     assert len(ticks) == bench.total_requests(2)
     r = a.rounds[0]
     assert (r.concurrency, r.completed, r.failed, r.output_tokens) == (1, 2, 0, 12)
-    # TTFT is the first-token delay; TPOT and ITL the pace of the rest.
-    assert 45 <= r.ttft_ms["median"] < 150
-    assert 9 <= r.tpot_ms["median"] < 40 and 9 <= r.itl_ms["median"] < 40
+    # TTFT is the first-token delay; TPOT and ITL the pace of the rest. The scripted sleeps are
+    # minimums (a loaded machine only adds to them), so only lower bounds are wall-clock facts;
+    # the rest is checked through the definitions and through ratios between the two servers.
+    assert r.ttft_ms["median"] >= 45
+    assert r.tpot_ms["median"] >= 9 and r.itl_ms["median"] >= 9
     assert r.e2e_ms["median"] == pytest.approx(r.ttft_ms["median"] + 5 * r.tpot_ms["median"], rel=0.05)
-    # Two requests back to back of ~100 ms each: about 12 tokens in 0.2 s.
-    assert 30 < r.output_throughput < 80
+    # Two requests back to back of at least 100 ms each: 12 tokens in 0.2 s or more.
+    assert r.output_throughput == pytest.approx(r.output_tokens / r.duration)
+    assert r.output_throughput <= 12 / 0.2 * 1.05
     assert a.rounds[1].completed == 6
-    # --compare: b is scripted twice as slow, and the ratios say so.
+    # --compare: b is scripted twice as slow, and the ratios say a is the quicker one.
     ra = ratios(a, b)
-    assert ra[0]["tpot_p50"] == pytest.approx(0.5, abs=0.15)
-    assert ra[0]["ttft_p50"] == pytest.approx(0.5, abs=0.2)
-    assert ra[0]["output_throughput"] > 1.4
+    assert ra[0]["tpot_p50"] < 0.8 and ra[0]["ttft_p50"] < 0.8
+    assert ra[0]["output_throughput"] > 1.25
     assert a.switch is not None and a.switch.other_sessions == 2
 
 

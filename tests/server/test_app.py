@@ -100,11 +100,21 @@ def test_seed_reproducible(backend):
     assert len(others | {a}) > 1  # a different seed changes the sample
 
 
-def test_penalties_accepted(backend):
-    r = client(backend).chat.completions.create(
-        model="m", messages=MESSAGES, max_tokens=8, temperature=0, presence_penalty=1.0, frequency_penalty=0.5
-    )
-    assert r.usage.completion_tokens >= 1
+def test_penalties_change_a_repetition_loop(backend):
+    # Greedy, the base model repeats "one two" to the end of this answer. A frequency penalty grows
+    # with every repeat and breaks the loop; a presence penalty, alone or with it, changes the text.
+    loop = [{"role": "user", "content": "one two one two one two one two"}]
+
+    def words(**penalties: float) -> list[str]:
+        r = client(backend).chat.completions.create(model="m", messages=loop, max_tokens=24, temperature=0, **penalties)
+        assert r.usage.completion_tokens >= 1
+        return r.choices[0].message.content.split()
+
+    plain = words()
+    assert plain.count("one") >= 10, plain  # the loop the penalties act on
+    assert words(frequency_penalty=2.0).count("one") <= plain.count("one") // 2
+    assert words(presence_penalty=2.0) != plain
+    assert words(presence_penalty=1.0, frequency_penalty=0.5) != plain
 
 
 def test_context_length_exceeded(backend):

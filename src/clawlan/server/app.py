@@ -173,10 +173,19 @@ class Service:
     async def health(self, request: Request) -> Response:
         b = self.backend
         if b.ready:
-            return JSONResponse({"status": "ok", "model": b.model_id})
+            return JSONResponse({"status": "ok", "model": b.model_id, "backend": b.devices and b.devices.to_dict()})
         if b.error:
             return JSONResponse({"status": "error", "error": b.error}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
+
+    async def load(self, request: Request) -> Response:
+        """The load figure vLLM's and SGLang's routers poll (``GET /get_load`` -> ``{"load": n}``):
+        sequences running plus requests waiting, so power_of_two and the cache-aware balancer see real load."""
+        eng = self.backend.engine
+        if eng is None:
+            return JSONResponse({"load": 0, "running": 0, "waiting": 0})
+        running, waiting = len(eng.scheduler.running), len(eng.scheduler.waiting)
+        return JSONResponse({"load": running + waiting, "running": running, "waiting": waiting})
 
     async def metrics_endpoint(self, request: Request) -> Response:
         # Off the loop: collectors read /proc and may run rocm-smi (cached briefly, see metrics).
@@ -202,6 +211,7 @@ class Service:
                         "n_ctx_train": info.context_length,
                         "quantization": info.file_type,
                         "chat_template": b.template.family,
+                        "backend": b.devices and b.devices.to_dict(),  # CPU / CUDA / Vulkan ... and its devices
                     },
                 }
             )
@@ -526,6 +536,7 @@ def create_app(settings: Settings, backend: Backend | None = None, load: bool = 
         routes=[
             Route("/health", svc.health),
             Route("/metrics", svc.metrics_endpoint),
+            Route("/get_load", svc.load),
             Route("/v1/models", svc.models),
             Route("/v1/chat/completions", svc.chat, methods=["POST"]),
             Route("/v1/completions", svc.completions, methods=["POST"]),

@@ -30,6 +30,7 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from clawlan.errors import InvalidRequest
+from clawlan.messages import content_text
 
 log = logging.getLogger(__name__)
 
@@ -89,29 +90,6 @@ def detect_family(template: str | None, architecture: str) -> str:
     if architecture == "llama":
         return "llama3"
     return "chatml"
-
-
-def content_text(content: Any, where: str = "message") -> str:
-    """A message's content as one string: a string, null, or an array of text parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for i, part in enumerate(content):
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and part.get("type") in ("text", "input_text"):
-                parts.append(str(part.get("text", "")))
-            else:
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise InvalidRequest(
-                    f"{where}.content[{i}] has type {kind!r}; this model accepts only text parts",
-                    param=f"{where}.content",
-                )
-        return "\n".join(parts)
-    raise InvalidRequest(f"{where}.content must be a string or an array of text parts", param=f"{where}.content")
 
 
 ROLES = ("system", "developer", "user", "assistant", "tool")

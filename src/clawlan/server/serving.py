@@ -22,6 +22,7 @@ from clawlan.discovery.service import ServiceRecord
 from clawlan.errors import ConfigError
 from clawlan.server.app import create_app
 from clawlan.server.backend import Backend
+from clawlan.server.identity import Identity, server_identity
 from clawlan.server.limits import guarded_protocol
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,18 @@ class RunningServer:
         self.sock = bind(s.host, settings.backend.service_port if port is None else port)
         self.port = self.sock.getsockname()[1]
         self.host = s.host
-        self.tls = bool(s.tls_cert and s.tls_key)
+        # On the LAN the server speaks HTTPS with its own pinned identity by default (server/identity.py).
+        self.identity: Identity | None = server_identity(s.tls_cert, s.tls_key, settings.lan, s.tls, s.state_dir)
+        self.tls = self.identity is not None
+        if self.identity is not None:
+            log.info("TLS identity: SHA-256 fingerprint %s (front ends pin it)", self.identity.fingerprint)
         config = uvicorn.Config(
             self.app,
             log_level="warning",
-            ssl_certfile=s.tls_cert,
-            ssl_keyfile=s.tls_key,
-            timeout_graceful_shutdown=3,
+            ssl_certfile=str(self.identity.cert) if self.identity else None,
+            ssl_keyfile=str(self.identity.key) if self.identity else None,
+            # SIGTERM stops accepting at once (readiness fails) and lets running streams finish this long.
+            timeout_graceful_shutdown=s.drain_seconds,
             access_log=False,
             http=guarded_protocol(s.header_timeout_ms / 1000.0),  # slow-loris: a deadline for request heads
         )
@@ -92,6 +98,7 @@ class RunningServer:
             version=__version__,
             auth=bool(self.settings.server.api_keys),
             tls=self.tls,
+            fingerprint=self.identity.fingerprint if self.identity else "",
         )
         self.advertiser = Advertiser(record, self.host)
         try:

@@ -24,18 +24,14 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
-import string
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from clawlan.tools.calls import ID_CHARS, CallWriter, ParsedOutput, ToolCall, new_call_id
 from clawlan.tools.grammar import FAMILIES
+from clawlan.tools.json_scan import WS, JsonScanner, unescape_json_string
 
 __all__ = ["ParsedOutput", "ToolCall", "ToolCallStreamParser", "new_call_id", "parse_tool_calls"]
-
-_ALNUM = string.ascii_letters + string.digits
-_WS = " \t\r\n"
 
 # The call object with its name first: once this much is seen the call is
 # certain, its header can go out and the arguments can stream.
@@ -50,86 +46,12 @@ _OPENERS = {
 _CLOSERS = {"hermes": "</tool_call>", "gemma": "```"}
 
 
-def new_call_id() -> str:
-    """An OpenAI-looking call id: ``call_`` and 24 alphanumerics."""
-    return "call_" + "".join(secrets.choice(_ALNUM) for _ in range(24))
-
-
-@dataclass
-class ToolCall:
-    id: str
-    name: str
-    arguments: str  # JSON text, as OpenAI's function.arguments
-
-    def to_openai(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": "function",
-            "function": {"name": self.name, "arguments": self.arguments},
-        }
-
-
-@dataclass
-class ParsedOutput:
-    content: str | None
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-
-class _Scanner:
-    """Finds where one JSON object, array or string ends, fed incrementally.
-
-    It tracks strings and bracket nesting only; the finished text is checked
-    with ``json.loads`` where that matters.
-    """
-
-    def __init__(self, pos: int, depth: int = 0) -> None:
-        self.pos = pos
-        self.stack = ["{"] * depth
-        self.in_str = False
-        self.esc = False
-        self.end: int | None = None
-        self.bad = False
-        self.started = depth > 0
-
-    def advance(self, text: str) -> None:
-        i = self.pos
-        while i < len(text) and self.end is None and not self.bad:
-            c = text[i]
-            i += 1
-            if self.in_str:
-                if self.esc:
-                    self.esc = False
-                elif c == "\\":
-                    self.esc = True
-                elif c == '"':
-                    self.in_str = False
-                    if not self.stack:
-                        self.end = i
-            elif not self.started:
-                if c in _WS:
-                    continue
-                self.started = True
-                if c == '"':
-                    self.in_str = True
-                elif c in "{[":
-                    self.stack.append(c)
-                else:
-                    self.bad = True
-            elif c == '"':
-                self.in_str = True
-            elif c in "{[":
-                self.stack.append(c)
-            elif c in "}]":
-                if not self.stack or self.stack.pop() != ("{" if c == "}" else "["):
-                    self.bad = True
-                elif not self.stack:
-                    self.end = i
-        self.pos = i
-
-
-class ToolCallStreamParser:
+class ToolCallStreamParser(CallWriter):
     """Splits a family's generated text into content and tool-call deltas.
+
+    This is the reading half, a state machine over the family's call syntax; what it finds goes
+    out through :class:`~clawlan.tools.calls.CallWriter`'s methods (``_emit_content``,
+    ``_start_call``, ``_emit_args``, ``_end_call``).
 
     ``feed(text)`` and ``finish()`` return lists of OpenAI delta dicts. After
     ``finish()``, :attr:`content`, :attr:`tool_calls` and :attr:`errors` hold
@@ -140,22 +62,13 @@ class ToolCallStreamParser:
         if family not in FAMILIES:
             raise ValueError(f"unknown template family {family!r}")
         self.syntax = FAMILIES[family]
-        self._id = id_factory
+        super().__init__(id_factory)
         self._openers = _OPENERS[self.syntax]
         self._buf = ""
         self._state = "text"
-        self._held_ws = ""  # trailing whitespace of content, released only before more content
-        self._content: list[str] = []
-        self.tool_calls: list[ToolCall] = []
-        self.errors: list[str] = []
-        self._out: list[dict[str, Any]] = []
         self._finished = False
-        # Set when the model repeated a call it already made: it is looping,
-        # and the caller should stop generating (finish_reason "tool_calls").
-        self.stop_requested = False
-        self._pending: ToolCall | None = None
         # Per-call state.
-        self._scan: _Scanner | None = None
+        self._scan: JsonScanner | None = None
         self._args_from = 0  # start of the arguments text not yet emitted
         self._committed = False
         self._string_args: bool | None = None  # None until the value's first character is seen
@@ -165,11 +78,6 @@ class ToolCallStreamParser:
         self._opener = ""  # the opener that began the current call syntax
 
     # -- public -----------------------------------------------------------
-    @property
-    def content(self) -> str | None:
-        text = "".join(self._content)
-        return text if text.strip() or (text and not self.tool_calls) else None
-
     def feed(self, text: str) -> list[dict[str, Any]]:
         if self._finished:
             raise RuntimeError("feed() after finish()")
@@ -186,93 +94,6 @@ class ToolCallStreamParser:
             self._final()
         return self._take()
 
-    def result(self) -> ParsedOutput:
-        return ParsedOutput(self.content, list(self.tool_calls), list(self.errors))
-
-    # -- output helpers ---------------------------------------------------
-    def _take(self) -> list[dict[str, Any]]:
-        out, self._out = self._out, []
-        return out
-
-    def _emit_content(self, text: str) -> None:
-        if not text:
-            return
-        body = text.rstrip(_WS)
-        if not body:
-            self._held_ws += text
-            return
-        text, self._held_ws = self._held_ws + body, text[len(body) :]
-        self._content.append(text)
-        if self._out and "content" in self._out[-1]:
-            self._out[-1]["content"] += text
-        else:
-            self._out.append({"content": text})
-
-    def _start_call(self, name: str) -> None:
-        self._held_ws = ""  # whitespace before a call is layout, not content
-        call = ToolCall(self._id(), name, "")
-        if self.tool_calls:
-            # Later calls are held until they end: a small model under a
-            # grammar tends to repeat its call, and a repeat must be dropped
-            # before any of it has been sent.
-            self._pending = call
-            return
-        self.tool_calls.append(call)
-        self._send_header(call)
-
-    def _send_header(self, call: ToolCall) -> None:
-        index = len(self.tool_calls) - 1
-        self._out.append(
-            {
-                "tool_calls": [
-                    {
-                        "index": index,
-                        "id": call.id,
-                        "type": "function",
-                        "function": {"name": call.name, "arguments": ""},
-                    }
-                ]
-            }
-        )
-
-    def _end_call(self, *, truncated: bool = False) -> None:
-        """A call's text is complete (or cut off): release a held call unless it repeats one."""
-        call, self._pending = self._pending, None
-        if call is None:
-            return
-        for c in self.tool_calls:
-            same = _canonical(c.arguments) == _canonical(call.arguments)
-            if c.name == call.name and (same or (truncated and c.arguments.startswith(call.arguments))):
-                self.errors.append(f"repeated call to {call.name!r} dropped")
-                self.stop_requested = True
-                return
-        self.tool_calls.append(call)
-        self._send_header(call)
-        if call.arguments:
-            index = len(self.tool_calls) - 1
-            self._out.append({"tool_calls": [{"index": index, "function": {"arguments": call.arguments}}]})
-
-    def _emit_args(self, text: str) -> None:
-        if not text:
-            return
-        if self._pending is not None:
-            self._pending.arguments += text
-            return
-        call = self.tool_calls[-1]
-        call.arguments += text
-        index = len(self.tool_calls) - 1
-        last = self._out[-1] if self._out else None
-        # The header delta keeps arguments "" as OpenAI sends it; fragments follow.
-        if (
-            last
-            and "tool_calls" in last
-            and "id" not in last["tool_calls"][0]
-            and last["tool_calls"][0]["index"] == index
-        ):
-            last["tool_calls"][0]["function"]["arguments"] += text
-        else:
-            self._out.append({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
-
     # -- the machine --------------------------------------------------------
     def _step(self) -> bool:
         """Advance one decision; True when something changed and another step may help."""
@@ -284,7 +105,7 @@ class ToolCallStreamParser:
             return False
         if self.syntax == "llama3" and not self._content and not self.tool_calls:
             # Llama 3 writes a bare JSON call as the whole message.
-            stripped = buf.lstrip(_WS)
+            stripped = buf.lstrip(WS)
             if not stripped:
                 return self._wait_or(lambda: self._flush_text(len(buf)))
             if stripped[0] == "{":
@@ -323,7 +144,7 @@ class ToolCallStreamParser:
         return True
 
     def _st_after_opener(self) -> bool:
-        stripped = self._buf.lstrip(_WS)
+        stripped = self._buf.lstrip(WS)
         if not stripped:
             return self._wait_or(self._drop_unfinished)
         if self.syntax == "mistral":
@@ -347,7 +168,7 @@ class ToolCallStreamParser:
         self._bare = bare
         self._committed = False
         self._after_args = "object_tail"
-        self._scan = _Scanner(0)
+        self._scan = JsonScanner(0)
         self._state = "object"
 
     def _st_object(self) -> bool:
@@ -356,11 +177,11 @@ class ToolCallStreamParser:
         if not self._committed:
             head = _HEAD.match(self._buf)
             if head:
-                self._start_call(_unescape(head.group(1)))
+                self._start_call(unescape_json_string(head.group(1)))
                 self._committed = True
                 self._args_from = head.end()
                 self._string_args = None
-                self._scan = _Scanner(head.end())
+                self._scan = JsonScanner(head.end())
                 self._state = "args"
                 return True
             self._scan.advance(self._buf)
@@ -390,7 +211,7 @@ class ToolCallStreamParser:
         if self._string_args is None:
             # Skip the whitespace before the value, however the deltas split it.
             rest = self._buf[self._args_from :]
-            value = rest.lstrip(_WS)
+            value = rest.lstrip(WS)
             if not value:
                 return self._wait_or(self._drop_unfinished)
             self._args_from += len(rest) - len(value)
@@ -423,7 +244,7 @@ class ToolCallStreamParser:
             self._state = "text"
             return True
         # The rest of the call object (maybe an "id" key) up to its closing brace.
-        self._scan = _Scanner(end, depth=1)
+        self._scan = JsonScanner(end, depth=1)
         self._state = "object_tail"
         return True
 
@@ -445,7 +266,7 @@ class ToolCallStreamParser:
 
     def _st_after_object(self) -> bool:
         """Framing after a call: a closer, the next array item, or the next Llama call."""
-        stripped = self._buf.lstrip(_WS)
+        stripped = self._buf.lstrip(WS)
         if self._in_array:
             if not stripped:
                 return self._wait_or(self._end_frame)
@@ -463,7 +284,7 @@ class ToolCallStreamParser:
             if not stripped:
                 return self._wait_or(self._end_frame)
             if stripped[0] == ";":
-                stripped = stripped[1:].lstrip(_WS)
+                stripped = stripped[1:].lstrip(WS)
                 if not stripped:
                     self._buf = ";"
                     return self._wait_or(self._end_frame)
@@ -485,7 +306,7 @@ class ToolCallStreamParser:
         return True
 
     def _st_array_item(self) -> bool:
-        stripped = self._buf.lstrip(_WS)
+        stripped = self._buf.lstrip(WS)
         if not stripped:
             return self._wait_or(self._drop_unfinished)
         self._buf = stripped
@@ -509,13 +330,13 @@ class ToolCallStreamParser:
             self._committed = True
             self._args_from = m.end()
             self._string_args = None
-            self._scan = _Scanner(m.end())
+            self._scan = JsonScanner(m.end())
             self._state = "args"
             self._after_args = "text"
             return True
         rest = self._buf[re.match(r"[A-Za-z0-9_.\-]*", self._buf).end() :]  # type: ignore[union-attr]
         if rest.startswith("[CALL_ID]"):
-            rest = rest[9:].lstrip(_ALNUM)
+            rest = rest[9:].lstrip(ID_CHARS)
         if "[ARGS]".startswith(rest) or "[CALL_ID]".startswith(rest):
             return self._wait_or(self._drop_unfinished)
         return self._not_a_call()
@@ -552,7 +373,7 @@ class ToolCallStreamParser:
         return False
 
     def _end_frame(self) -> bool:
-        if self._buf.strip(_WS) == ";":  # a trailing Llama separator
+        if self._buf.strip(WS) == ";":  # a trailing Llama separator
             self._buf = ""
         self._in_array = False
         self._state = "text"
@@ -560,13 +381,6 @@ class ToolCallStreamParser:
 
     def _st_done(self) -> bool:
         return False
-
-    def _final(self) -> None:
-        if self._held_ws and not self.tool_calls:
-            text, self._held_ws = self._held_ws, ""
-            self._content.append(text)
-            self._out.append({"content": text})
-        self._held_ws = ""
 
 
 def _partial_suffix(text: str, openers: list[str]) -> int:
@@ -578,20 +392,6 @@ def _partial_suffix(text: str, openers: list[str]) -> int:
                 best = n
                 break
     return best
-
-
-def _canonical(arguments: str) -> str:
-    try:
-        return json.dumps(json.loads(arguments), sort_keys=True)
-    except ValueError:
-        return arguments
-
-
-def _unescape(s: str) -> str:
-    try:
-        return json.loads(f'"{s}"')
-    except ValueError:
-        return s
 
 
 def _call_fields(obj: Any) -> tuple[str | None, str]:

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from clawlan.errors import InvalidRequest
+from clawlan.messages import content_text
 from clawlan.tools.grammar import FAMILIES, selected_tools
 
 __all__ = [
@@ -46,13 +47,6 @@ def _syntax(family: str) -> str:
         return FAMILIES[family]
     except KeyError:
         raise InvalidRequest(f"no tool-call syntax for template family {family!r}", param="tools") from None
-
-
-def content_text(content: Any) -> str:
-    """A message's content as text; a non-text part is a 400 naming it (see the chat template)."""
-    from clawlan.server.chat_template import content_text as strict
-
-    return strict(content)
 
 
 def _call_json(name: str, arguments: Any, args_key: str) -> str:
