@@ -180,3 +180,12 @@ def test_malformed_files(tmp_path, content, words):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_settings([tmp_path / "nope.json"], env={})
+
+
+@pytest.mark.parametrize("keys", [[""], ["k1", "  "]])
+def test_empty_api_key_is_a_config_error(keys):
+    # An empty key let 'Authorization: Bearer' with no token in, while /health advertised auth=1.
+    with pytest.raises(ConfigError) as e:
+        load_settings(flags={"server.api_keys": keys}, env={}, flag_names={"server.api_keys": "--api-key"})
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and "server.api_keys" in msg and "empty API key" in msg and "--api-key" in msg

@@ -92,6 +92,7 @@ def test_a_gpu_failing_mid_scrape_leaves_metrics_up(monkeypatch: pytest.MonkeyPa
 
 def test_amd_series_from_rocm_smi(monkeypatch: pytest.MonkeyPatch, fresh_nvml: Any) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails: no nvidia-ml-py
+    monkeypatch.setattr(metrics, "_rocm_cache", None)  # no earlier test's output
     monkeypatch.setattr(shutil, "which", lambda name: "/opt/rocm/bin/rocm-smi" if name == "rocm-smi" else None)
     # rocm-smi --showuse --showmeminfo vram --json, as ROCm 6 prints it
     out = {
@@ -124,3 +125,57 @@ def test_real_nvidia_gpu(fresh_nvml: Any) -> None:
         assert abs(total[gpu] - mib) <= 1 << 20, (gpu, total[gpu], mib)  # nvidia-smi rounds to MiB
     for v in got["clawlan:gpu_utilization_perc"].values():
         assert 0.0 <= v <= 1.0
+
+
+@pytest.fixture
+def fake_rocm(monkeypatch: pytest.MonkeyPatch, fresh_nvml: Any) -> list[str]:
+    """rocm-smi stood in for; returns the list of its runs."""
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    monkeypatch.setattr(shutil, "which", lambda name: "/opt/rocm/bin/rocm-smi" if name == "rocm-smi" else None)
+    if hasattr(metrics, "_rocm_cache"):
+        monkeypatch.setattr(metrics, "_rocm_cache", None)
+    runs: list[str] = []
+    out = {"card0": {"GPU use (%)": "7", "VRAM Total Memory (B)": "100", "VRAM Total Used Memory (B)": "50"}}
+
+    def run(cmd: list[str], **kw: Any) -> Any:
+        runs.append(cmd[0])
+        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(out), stderr="")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    return runs
+
+
+def test_rocm_smi_runs_once_per_few_seconds(fake_rocm: list[str]) -> None:
+    r = gpu_registry()
+    for _ in range(5):  # a dashboard plus a Prometheus scraping together
+        assert scrape(r)["clawlan:gpu_utilization_perc"] == {(("gpu", "card0"),): 0.07}
+    assert fake_rocm == ["rocm-smi"]
+
+
+def test_metrics_scrape_runs_off_the_event_loop(serve: Any, fake_rocm: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow rocm-smi (it takes up to seconds) must not stall /health and every stream."""
+    import threading
+
+    import httpx
+
+    inside, release = threading.Event(), threading.Event()
+    real = subprocess.run
+
+    def slow(cmd: list[str], **kw: Any) -> Any:
+        inside.set()
+        release.wait(10)
+        return real(cmd, **kw)
+
+    monkeypatch.setattr(subprocess, "run", slow)
+    server = serve()
+    got: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: got.update(r=httpx.get(server.base_url + "/metrics", timeout=30)))
+    t.start()
+    try:
+        assert inside.wait(10)
+        assert httpx.get(server.base_url + "/health", timeout=2).status_code == 200
+        assert "r" not in got
+    finally:
+        release.set()
+        t.join(30)
+    assert "clawlan:gpu_utilization_perc" in got["r"].text

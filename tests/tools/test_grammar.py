@@ -516,3 +516,108 @@ def test_auto_lazy_grammar_on_the_embedded_model_parses_without_leaking() -> Non
         jsonschema.validate(json.loads(call.arguments), schema_of(call.name))
     content = "".join(d.get("content", "") for d in deltas)
     assert "```tool_call" not in content and '"arguments"' not in content
+
+
+# -- linear conversion and limits (issue 13, finding 2) -------------------------------------------
+
+
+def _deep(depth: int) -> dict:
+    """A `type` list and anyOf beside siblings at every level: walked per branch, this doubles per level."""
+    s: dict = {"type": "string"}
+    for _ in range(depth):
+        s = {"type": ["object", "null"], "properties": {"a": s}, "anyOf": [{"required": ["a"]}, {}]}
+    return s
+
+
+def _count_walks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the builder's real work: each object, array, string or number it turns into rules."""
+    from clawlan.tools import grammar
+
+    calls = [0]
+
+    def counted(real):
+        def walk(self, *args, **kw):
+            calls[0] += 1
+            return real(self, *args, **kw)
+
+        return walk
+
+    for name in ("visit_object", "visit_array", "visit_string", "visit_number"):
+        monkeypatch.setattr(grammar._Builder, name, counted(getattr(grammar._Builder, name)))
+    return calls
+
+
+def test_each_subschema_is_walked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clawlan.tools.grammar import GrammarLimits
+
+    calls = _count_walks(monkeypatch)
+    schema_to_gbnf(_deep(12), limits=GrammarLimits(max_depth=100))
+    assert calls[0] <= 12 * 4, calls[0]  # a few walks per level, not 2**12
+    g = schema_to_gbnf(_deep(3))
+    assert accepts(g, '{"a": {"a": null}}') and accepts(g, "null") and not accepts(g, '{"a": 1}')
+    # A $ref with siblings, used many times, is not expanded (and walked) once per use.
+    shared = {"type": "object", "properties": {f"k{i}": {"type": "integer"} for i in range(30)}}
+    schema = {
+        "$defs": {"S": shared},
+        "type": "object",
+        "properties": {f"p{i}": {"$ref": "#/$defs/S", "type": "object"} for i in range(30)},
+    }
+    calls[0] = 0
+    schema_to_gbnf(schema)
+    assert calls[0] <= 30 + 30 + 5, calls[0]  # each use's object once, the 30 integers once in all
+    small = {"$defs": {"S": {"type": "object", "properties": {"k": {"type": "integer"}}}}}
+    small["properties"] = {p: {"$ref": "#/$defs/S", "type": "object"} for p in "xy"}
+    g = schema_to_gbnf(small)
+    assert accepts(g, '{"x": {"k": 1}, "y": {}}') and not accepts(g, '{"y": {"k": "x"}}')
+
+
+def test_2000_optional_properties_make_a_linear_grammar() -> None:
+    schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(2000)}}
+    g = schema_to_gbnf(schema, limits=None)
+    assert len(g) < 20 * len(json.dumps(schema)), len(g)  # it was 71 MB, quadratic
+    small = {"type": "object", "properties": {k: {"type": "integer"} for k in "abcdef"}, "required": ["c"]}
+    g = schema_to_gbnf(small)
+    for text, ok in [
+        ('{"c": 1}', True),
+        ('{"a": 1, "c": 2, "f": 3}', True),
+        ('{"b": 1, "c": 2, "d": 3, "e": 4}', True),
+        ('{"a": 1, "b": 2}', False),  # c is required
+        ('{"c": 1, "a": 2}', False),  # declared order
+        ('{"c": 1, "c": 2}', False),
+    ]:
+        assert accepts(g, text) is ok, text
+
+
+def test_limits_are_400s_naming_the_config_key() -> None:
+    import time
+
+    from clawlan.tools.grammar import GrammarLimits, SchemaLimitExceeded
+
+    with pytest.raises(SchemaLimitExceeded, match=r"server\.max_schema_depth"):
+        schema_to_gbnf(_deep(20))
+    wide = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(2000)}}
+    with pytest.raises(SchemaLimitExceeded, match=r"server\.max_grammar_bytes"):
+        schema_to_gbnf(wide, limits=GrammarLimits(max_grammar_bytes=10_000))
+    with pytest.raises(SchemaLimitExceeded, match=r"server\.max_grammar_bytes"):
+        schema_to_gbnf({"type": "string", "maxLength": 10**9})  # llama.cpp would expand it
+    with pytest.raises(SchemaLimitExceeded, match=r"server\.grammar_timeout_ms"):
+        schema_to_gbnf(wide, limits=GrammarLimits(deadline=time.monotonic() - 1))
+    with pytest.raises(SchemaLimitExceeded) as e:
+        tool_call_grammar([{"type": "function", "function": {"name": "f", "parameters": _deep(20)}}], "gemma")
+    assert e.value.status_code == 400 and "tool 'f'" in e.value.message
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [{"type": "string", "maxLength": "ten"}, {"type": "array", "minItems": float("nan")}, {"properties": 5}],
+)
+def test_malformed_schemas_are_a_400(schema: dict) -> None:
+    with pytest.raises(InvalidRequest, match="malformed|properties"):
+        schema_to_gbnf(schema)
+
+
+def test_empty_brackets_take_one_whitespace() -> None:
+    g = schema_to_gbnf({"type": "object", "properties": {"a": {"type": "integer"}}})
+    assert accepts(g, "{}") and accepts(g, "{ }") and accepts(g, '{\n  "a": 1\n}')
+    assert not accepts(g, "{\n    \n     }")
+    assert not accepts(schema_to_gbnf({"type": "array"}), "[\n  \n ]")

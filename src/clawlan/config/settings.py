@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Section(BaseModel):
@@ -120,6 +120,38 @@ class ServerSection(Section):
         3, ge=0, le=3600, description="on SIGTERM, how long in-flight requests may finish before they are cut"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+    # Limits at the door (docs/security.md): what one request may cost before the engine sees it.
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, le=1 << 30, description="largest request body; more gets 413 before it is read"
+    )
+    max_prompt_chars: int = Field(
+        1_000_000, ge=1000, le=100_000_000, description="largest prompt in characters, checked before tokenizing"
+    )
+    max_schema_bytes: int = Field(
+        256 * 1024, ge=1024, le=1 << 30, description="largest tools + response_format JSON in one request"
+    )
+    max_schema_depth: int = Field(16, ge=1, le=1000, description="deepest nesting of subschemas in a JSON Schema")
+    max_grammar_bytes: int = Field(
+        1024 * 1024, ge=1024, le=1 << 30, description="largest grammar built from a request's schemas"
+    )
+    grammar_timeout_ms: int = Field(2000, ge=1, le=600_000, description="time budget to build a request's grammar")
+    header_timeout_ms: int = Field(
+        10_000, ge=100, le=600_000, description="a connection must send a request's headers within this"
+    )
+    body_timeout_ms: int = Field(
+        30_000, ge=100, le=3_600_000, description="a request's body must arrive within this (408 otherwise)"
+    )
+    default_max_tokens: int = Field(
+        4096, ge=0, le=16_777_216, description="output cap for a chat request that sets no max_tokens; 0: the context"
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_empty_key(cls, keys: list[str]) -> list[str]:
+        # An empty key would let 'Authorization: Bearer' with no token in, while /health says auth=1.
+        if any(not k.strip() for k in keys):
+            raise ValueError("an empty API key would accept requests with no key; give a real key or none")
+        return keys
 
 
 class DiscoverySection(Section):

@@ -1,9 +1,12 @@
 """The OpenAI-compatible HTTP service.
 
-The path of a chat request: API-key middleware → admission (max_connections)
-→ body validation → chat template → tokenize → context check → engine
-``submit`` → events → JSON or SSE chunks. ``timeout_ms`` bounds the wait for
-each next event (queueing included), never the whole answer.
+The path of a chat request: API-key middleware → body read within its byte
+cap and deadline (``server.limits``) → admission (max_connections) → on a
+worker thread: body validation, schema → grammar, chat template, tokenize →
+context check → engine ``submit`` → events → JSON or SSE chunks.
+``timeout_ms`` bounds the wait for each next event (queueing included), never
+the whole answer. Parsing, grammar building, rendering and tokenizing run off
+the event loop, so a large request never stalls ``/health`` or other streams.
 """
 
 from __future__ import annotations
@@ -32,11 +35,17 @@ from clawlan.engine.request import Event, SamplingParams
 from clawlan.engine.request import Request as EngineRequest
 from clawlan.errors import ContextLengthExceeded, InvalidRequest, Overloaded, RequestError, RequestTimeout
 from clawlan.server.backend import Backend
-from clawlan.server.chat_template import validate_messages
+from clawlan.server.chat_template import content_text, validate_messages
+from clawlan.server.limits import BodyLimitMiddleware
 from clawlan.server.metrics import Metrics
-from clawlan.server.middleware import ApiKeyMiddleware, ByteCounterMiddleware
+from clawlan.server.middleware import (
+    ApiKeyMiddleware,
+    ByteCounterMiddleware,
+    RefusalLogMiddleware,
+    log_cancelled,
+)
 from clawlan.server.schemas import ChatRequest, CompletionRequest, Sampling, parse
-from clawlan.tools.grammar import FAMILIES
+from clawlan.tools.grammar import FAMILIES, GrammarLimits
 from clawlan.tools.plan import ToolPlan, plan_request
 from clawlan.tools.prompt import prepare_messages
 
@@ -90,8 +99,13 @@ class Service:
         if body.n != 1:
             raise InvalidRequest("n > 1 is not supported; send n separate requests", param="n")
         stop = body.stop_list()
+        if limit is None:
+            # No max_tokens: the server's cap (server.default_max_tokens), so a model that never
+            # stops cannot hold a slot for a whole context; 0 means the context is the cap.
+            cap = self.settings.server.default_max_tokens
+            limit = min(cap, ctx - n_prompt) if cap else ctx - n_prompt
         return SamplingParams(
-            max_tokens=limit if limit is not None else ctx - n_prompt,
+            max_tokens=limit,
             temperature=body.temperature,
             top_k=body.top_k or DEFAULT_TOP_K,
             top_p=body.top_p,
@@ -174,7 +188,9 @@ class Service:
         return JSONResponse({"load": running + waiting, "running": running, "waiting": waiting})
 
     async def metrics_endpoint(self, request: Request) -> Response:
-        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        # Off the loop: collectors read /proc and may run rocm-smi (cached briefly, see metrics).
+        text = await asyncio.to_thread(self.metrics.render)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def models(self, request: Request) -> Response:
         b = self.backend
@@ -211,6 +227,8 @@ class Service:
         endpoint = "chat" if chat else "completions"
         try:
             self._check_ready()
+            # The whole body is here already (BodyLimitMiddleware): a slow sender never holds a slot.
+            raw = await request.body()
             admit = self._admit()
             admit.__enter__()
         except RequestError as exc:
@@ -218,15 +236,7 @@ class Service:
             return error_response(exc, {"Retry-After": "1"} if exc.status_code == 503 else None)
         handed_over = False
         try:
-            raw = await request.body()
-            body = parse(ChatRequest if chat else CompletionRequest, raw)
-            plan = None
-            if chat:
-                plan = self._tool_plan(body)
-                prompt = self.backend.template.render(self._prompt_messages(body, plan))
-                tokens = self.backend.tokenize_prompt(prompt)
-            else:
-                tokens = self._completion_tokens(body)
+            body, plan, tokens = await asyncio.to_thread(self._prepare, raw, chat)
             params = self._params(body, body.output_limit, len(tokens))
             if plan is not None and plan.grammar:
                 params.grammar = plan.grammar
@@ -248,13 +258,49 @@ class Service:
             if not handed_over:
                 admit.__exit__(None, None, None)
 
+    def _prepare(self, raw: bytes, chat: bool) -> tuple[Any, ToolPlan | None, list[int]]:
+        """Body → validated request, tool plan and prompt tokens (on a worker thread)."""
+        body = parse(ChatRequest if chat else CompletionRequest, raw)
+        if not chat:
+            return body, None, self._completion_tokens(body)
+        plan = self._tool_plan(body)
+        messages = self._prompt_messages(body, plan)
+        self._check_prompt_chars(sum(len(content_text(m.get("content"))) for m in messages))
+        pieces = self.backend.template.render_segments(messages)
+        self._check_prompt_chars(sum(len(t) for t, _ in pieces))
+        return body, plan, self.backend.tokenize_segments(pieces)
+
+    def _check_prompt_chars(self, n: int) -> None:
+        limit = self.settings.server.max_prompt_chars
+        if n > limit:
+            raise InvalidRequest(
+                f"the prompt is {n} characters; this server accepts at most {limit} (server.max_prompt_chars)",
+                param="messages",
+                code="prompt_too_long",
+            )
+
     def _tool_plan(self, body: ChatRequest) -> ToolPlan | None:
         """Tools, tool_choice and response_format as a grammar, prompt text and output parser."""
         if not body.tools and not body.response_format and body.tool_choice is None:
             return None
+        s = self.settings.server
         family = self.backend.template.family
         fields = {"tools", "tool_choice", "parallel_tool_calls", "response_format"}
-        return plan_request(body.model_dump(include=fields, exclude_none=True), family if family in FAMILIES else "chatml")
+        spec = body.model_dump(include=fields, exclude_none=True)
+        size = len(json.dumps([spec.get("tools"), spec.get("response_format")]))
+        if size > s.max_schema_bytes:
+            raise InvalidRequest(
+                f"tools and response_format are {size} bytes of JSON; this server accepts at most "
+                f"{s.max_schema_bytes} (server.max_schema_bytes)",
+                param="tools" if spec.get("tools") else "response_format",
+                code="schema_too_large",
+            )
+        limits = GrammarLimits(
+            max_depth=s.max_schema_depth,
+            max_grammar_bytes=s.max_grammar_bytes,
+            deadline=time.monotonic() + s.grammar_timeout_ms / 1000.0,
+        )
+        return plan_request(spec, family if family in FAMILIES else "chatml", limits)
 
     def _prompt_messages(self, body: ChatRequest, plan: ToolPlan | None) -> list[dict[str, Any]]:
         """Messages for the template; tool calls and results become text where it has no tool syntax."""
@@ -282,6 +328,7 @@ class Service:
             if len(p) != 1:
                 raise InvalidRequest("prompt arrays with more than one prompt are not supported", param="prompt")
             p = p[0]
+        self._check_prompt_chars(len(str(p)))
         return self.backend.tokenize_prompt(str(p))
 
     async def _complete(
@@ -321,6 +368,7 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError, RequestError):
                 await gen
             self.metrics.requests.labels(endpoint, "499").inc()
+            log_cancelled(request.scope, endpoint)
             return Response(status_code=499)
         text, last = gen.result()  # re-raises RequestTimeout
         if last.finish_reason == "cancelled" and parser is not None and parser.stop_requested:
@@ -436,6 +484,7 @@ class Service:
             yield "data: " + json.dumps(exc.to_body()) + "\n\n"
         except asyncio.CancelledError:
             status = "499"  # the client disconnected; _events' cleanup cancelled the request
+            log_cancelled(None, endpoint)
             raise
         finally:
             self.metrics.requests.labels(endpoint, status).inc()
@@ -470,7 +519,8 @@ def create_app(settings: Settings, backend: Backend | None = None, load: bool = 
         finally:
             backend.close()
 
-    middleware = [Middleware(ByteCounterMiddleware, metrics=svc.metrics)]
+    s = settings.server
+    middleware = [Middleware(RefusalLogMiddleware), Middleware(ByteCounterMiddleware, metrics=svc.metrics)]
     if settings.server.cors_origins:
         middleware.append(
             Middleware(
@@ -481,6 +531,7 @@ def create_app(settings: Settings, backend: Backend | None = None, load: bool = 
             )
         )
     middleware.append(Middleware(ApiKeyMiddleware, keys=settings.server.api_keys))
+    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=s.max_body_bytes, timeout_s=s.body_timeout_ms / 1000.0))
     app = Starlette(
         routes=[
             Route("/health", svc.health),

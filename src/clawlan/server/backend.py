@@ -138,6 +138,16 @@ class Backend:
             "" if self.template.from_model else " (built in)",
         )
 
+    def tokenize_segments(self, pieces: list[tuple[str, bool]]) -> list[int]:
+        """Tokenize a rendered chat prompt piece by piece: special tokens only where ``special``."""
+        m = self.model
+        toks: list[int] = []
+        for text, special in pieces:
+            toks += m.tokenize(text, add_special=False, parse_special=special)
+        if m.add_bos and (not toks or toks[0] != m.bos):
+            toks.insert(0, m.bos)
+        return toks
+
     def tokenize_prompt(self, text: str) -> list[int]:
         """Tokenize a rendered chat prompt (it carries its own BOS) or a raw completion prompt."""
         m = self.model

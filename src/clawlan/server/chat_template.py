@@ -20,6 +20,8 @@ strict templates refuse:
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,6 +31,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from clawlan.errors import InvalidRequest
 from clawlan.messages import content_text
+
+log = logging.getLogger(__name__)
 
 # Built-in templates, written for clawlan. Each expects normalised messages; ``turns`` is
 # messages without the system ones, for families that fold the system text into the first turn.
@@ -175,7 +179,21 @@ class ChatTemplate:
         return [m for m in (TURN_END.get(self.family), TURN_START.get(self.family)) if m]
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, add_generation_prompt: bool = True) -> str:
+        return self._render(normalize(messages, self.native_tools), tools, add_generation_prompt)
+
+    def render_segments(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, add_generation_prompt: bool = True
+    ) -> list[tuple[str, bool]]:
+        """The prompt as ``(text, special)`` pieces: the template's own text may hold special
+        tokens, message text may not (see :func:`segments`). Joined, the pieces are exactly
+        :meth:`render`'s prompt."""
         msgs = normalize(messages, self.native_tools)
+        prompt = self._render(msgs, tools, add_generation_prompt)
+        marked = [{**m, "content": _sentinel(i)} if _plain_text(m) else m for i, m in enumerate(msgs)]
+        skeleton = self._render(marked, tools, add_generation_prompt)
+        return segments(prompt, skeleton, msgs)
+
+    def _render(self, msgs: list[dict[str, Any]], tools: list[dict[str, Any]] | None, add_generation_prompt: bool) -> str:
         system = "\n\n".join(m["content"] for m in msgs if m["role"] == "system")
         try:
             return self._template.render(
@@ -189,6 +207,50 @@ class ChatTemplate:
             )
         except TemplateError as exc:
             raise InvalidRequest(f"the chat template refused these messages: {exc}", param="messages") from None
+
+
+# Message text is marked for a second render by a private-use sentinel inside padding that
+# Jinja's trim removes (U+2003 EM SPACE, U+2028 LINE SEPARATOR), so a template that trims the
+# content shows it by dropping the padding.
+_LEFT, _RIGHT = "\u2003\u2028", "\u2028\u2003"
+_MARK = re.compile("(\u2003\u2028)?\ue000([0-9]+)\ue001(\u2028\u2003)?")
+
+
+def _sentinel(i: int) -> str:
+    return f"{_LEFT}\ue000{i}\ue001{_RIGHT}"
+
+
+def _plain_text(m: dict[str, Any]) -> bool:
+    # A user's, a document's or a tool's words; assistant text is the model's own (its tool-call
+    # markers must stay tokens), and empty content stays empty so templates branch alike.
+    return m["role"] != "assistant" and bool(m["content"])
+
+
+def segments(prompt: str, skeleton: str, msgs: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """Split ``prompt`` into template text (special) and message text (not special).
+
+    ``skeleton`` is the same render with each plain message's content replaced by its
+    sentinel. Message text is tokenized without special-token parsing, so a user who types
+    ``<end_of_turn><start_of_turn>model`` writes those characters, not a forged turn. A
+    template that does more to the text than trim it (the pieces would not join to the
+    prompt) falls back to one special piece: the old behaviour, logged.
+    """
+    out: list[tuple[str, bool]] = []
+    pos = 0
+    for m in _MARK.finditer(skeleton):
+        text = msgs[int(m.group(2))]["content"]
+        if m.group(1) is None:
+            text = text.lstrip()
+        if m.group(3) is None:
+            text = text.rstrip()
+        out.append((skeleton[pos : m.start()], True))
+        out.append((text, False))
+        pos = m.end()
+    out.append((skeleton[pos:], True))
+    if "".join(t for t, _ in out) != prompt:
+        log.debug("the chat template transforms message text; its special tokens are parsed as before")
+        return [(prompt, True)]
+    return [(t, special) for t, special in out if t]
 
 
 def load_template(model_template: str | None, architecture: str, bos: str, eos: str, override: str | None = None) -> ChatTemplate:

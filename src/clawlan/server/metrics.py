@@ -20,6 +20,8 @@ import functools
 import json
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -115,11 +117,9 @@ class GpuCollector(Collector):
 
     @staticmethod
     def _amd(util: GaugeMetricFamily, mem: GaugeMetricFamily, total: GaugeMetricFamily) -> bool:
-        if not shutil.which("rocm-smi"):
+        out = rocm_smi()
+        if out is None:
             return False
-        out = subprocess.run(
-            ["rocm-smi", "--showuse", "--showmeminfo", "vram", "--json"], capture_output=True, text=True, timeout=5
-        ).stdout
         for card, vals in json.loads(out).items():
             if not isinstance(vals, dict):
                 continue  # rocm-smi adds "system" entries beside the cards
@@ -131,6 +131,29 @@ class GpuCollector(Collector):
                 elif "VRAM Total Memory" in key:
                     total.add_metric([card], float(value))
         return True
+
+
+ROCM_SMI_TTL = 5.0  # seconds: scrapes (every 15 s or more often) reuse one rocm-smi run
+_rocm_lock = threading.Lock()
+_rocm_cache: tuple[float, str] | None = None
+
+
+def rocm_smi() -> str | None:
+    """rocm-smi's JSON, at most one run per ROCM_SMI_TTL (a run takes ~0.1-1 s); None without it.
+
+    /metrics renders on a worker thread, so the run never blocks the event loop; the lock
+    keeps concurrent scrapes to one run."""
+    global _rocm_cache
+    if not shutil.which("rocm-smi"):
+        return None
+    with _rocm_lock:
+        now = time.monotonic()
+        if _rocm_cache is None or now - _rocm_cache[0] > ROCM_SMI_TTL:
+            out = subprocess.run(
+                ["rocm-smi", "--showuse", "--showmeminfo", "vram", "--json"], capture_output=True, text=True, timeout=5
+            ).stdout
+            _rocm_cache = (now, out)
+        return _rocm_cache[1]
 
 
 class Metrics:

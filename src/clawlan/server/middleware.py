@@ -1,4 +1,4 @@
-"""ASGI middleware: API keys and network byte counters.
+"""ASGI middleware: API keys, network byte counters and a log line per refusal.
 
 Both are plain ASGI (not Starlette's BaseHTTPMiddleware) so streamed
 responses pass through unbuffered.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from typing import Any
 
 from clawlan.errors import AuthenticationError
@@ -81,3 +82,57 @@ class ByteCounterMiddleware:
             await send(msg)
 
         await self.app(scope, counting_receive, counting_send)
+
+
+access = logging.getLogger("clawlan.server.access")
+
+
+def _client(scope: Scope | None) -> str:
+    client = (scope or {}).get("client")
+    return f"{client[0]}:{client[1]}" if client else "?"
+
+
+def log_cancelled(scope: Scope | None, endpoint: str) -> None:
+    """One line for a request its client gave up on (499): the slot it held is free again."""
+    access.info("%s request cancelled by the client (499) from %s", endpoint, _client(scope))
+
+
+class RefusalLogMiddleware:
+    """One log line for every refused request (4xx), with the reason the client was given.
+
+    Successful requests are not logged (the metrics count them); a refusal is what an admin
+    looks for when a client says "it doesn't work".
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+        reason = b""
+
+        async def watching_send(msg: Any) -> None:
+            nonlocal status, reason
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            elif msg["type"] == "http.response.body" and 400 <= status < 500 and not reason:
+                reason = msg.get("body", b"")[:2000]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        finally:
+            if 400 <= status < 500 and status != 499:  # 499s have their own line (log_cancelled)
+                access.info(
+                    "%s %s refused %d from %s: %s", scope["method"], scope["path"], status, _client(scope), _reason(reason)
+                )
+
+
+def _reason(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"]["message"])[:300]
+    except (ValueError, KeyError, TypeError):
+        return body[:120].decode("utf-8", "replace") or "-"

@@ -74,14 +74,38 @@ class CompletionRequest(Sampling):
         return self.max_tokens
 
 
+# Deeper JSON than any real request (a tool schema nested 16 subschemas deep is about 40
+# levels); beyond it a body is refused before anything walks it recursively.
+MAX_JSON_DEPTH = 100
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+    return deepest
+
+
 def parse(model: type[BaseModel], raw: bytes) -> Any:
     """Parse and validate a JSON body, or raise InvalidRequest naming the field."""
     try:
         data = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest(f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        # JSONDecodeError, and ValueError for a number past Python's 4,300-digit limit.
+        raise InvalidRequest(f"the request body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise InvalidRequest(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -23,6 +23,7 @@ from clawlan.errors import ConfigError
 from clawlan.server.app import create_app
 from clawlan.server.backend import Backend
 from clawlan.server.identity import Identity, server_identity
+from clawlan.server.limits import guarded_protocol
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class RunningServer:
             # SIGTERM stops accepting at once (readiness fails) and lets running streams finish this long.
             timeout_graceful_shutdown=s.drain_seconds,
             access_log=False,
+            http=guarded_protocol(s.header_timeout_ms / 1000.0),  # slow-loris: a deadline for request heads
         )
         self.server = uvicorn.Server(config)
         self.advertiser: Advertiser | None = None

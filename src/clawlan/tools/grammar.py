@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from clawlan.errors import InvalidRequest
@@ -29,6 +31,8 @@ from clawlan.errors import InvalidRequest
 __all__ = [
     "FAMILIES",
     "MAX_PARALLEL_CALLS",
+    "GrammarLimits",
+    "SchemaLimitExceeded",
     "UnsupportedSchemaFeature",
     "json_object_grammar",
     "response_format_grammar",
@@ -124,8 +128,8 @@ _PRIMITIVES = {
     "boolean": r'"true" | "false"',
     "null": r'"null"',
     "value": "object | array | string | number | boolean | null",
-    "object": r'"{" ws ( string ws ":" ws value ( ws "," ws string ws ":" ws value )* )? ws "}"',
-    "array": r'"[" ws ( value ( ws "," ws value )* )? ws "]"',
+    "object": r'"{" ws ( string ws ":" ws value ( ws "," ws string ws ":" ws value )* ws )? "}"',
+    "array": r'"[" ws ( value ( ws "," ws value )* ws )? "]"',
 }
 _PRIMITIVE_DEPS = {
     "string": ["char"],
@@ -153,6 +157,41 @@ class UnsupportedSchemaFeature(InvalidRequest):
         self.owner = owner
         self.feature = feature
         self.where = where
+
+
+class SchemaLimitExceeded(InvalidRequest):
+    """A schema past one of the server's limits (depth, grammar size, build time): a 400 naming it."""
+
+    code = "schema_too_large"
+
+
+@dataclass(frozen=True)
+class GrammarLimits:
+    """Bounds on one request's grammar build; each names the config key a refusal points at.
+
+    The build is linear in the schema (each subschema is walked once and its
+    rule reused), so these bound honest work rather than an explosion: a
+    schema nested past ``max_depth`` subschemas, a grammar over
+    ``max_grammar_bytes``, or a build still running at ``deadline``
+    (``time.monotonic()``) is refused.
+    """
+
+    max_depth: int = 16
+    max_grammar_bytes: int = 1 << 20
+    deadline: float | None = None
+    depth_key: str = "server.max_schema_depth"
+    size_key: str = "server.max_grammar_bytes"
+    time_key: str = "server.grammar_timeout_ms"
+
+
+_REPEAT = re.compile(r"\{([0-9]+)(?:,([0-9]*))?\}")
+# What a malformed schema (a string where a number belongs, NaN, a list for a mapping) raises
+# in the walk; at the entry points it becomes a 400 instead of a 500.
+_MALFORMED = (TypeError, ValueError, OverflowError, AttributeError, KeyError, IndexError, RecursionError)
+
+
+def _malformed(owner: str, param: str | None, exc: Exception) -> InvalidRequest:
+    return InvalidRequest(f"{owner}: the JSON Schema is malformed ({type(exc).__name__}: {str(exc)[:160]})", param=param)
 
 
 def gbnf_literal(text: str) -> str:
@@ -193,27 +232,54 @@ def _repeat(item: str, lo: int, hi: int | None) -> str:
 class _Builder:
     """Accumulates named rules; identical bodies share one rule."""
 
-    def __init__(self, owner: str, root_schema: Any, param: str | None) -> None:
+    def __init__(self, owner: str, root_schema: Any, param: str | None, limits: GrammarLimits | None = None) -> None:
         self.owner = owner
         self.root_schema = root_schema
         self.param = param
+        self.limits = limits or GrammarLimits()
         self.rules: dict[str, str] = {}
         self._by_body: dict[str, str] = {}
         self._refs: dict[str, str] = {}
+        # id(subschema) -> (subschema, expression): a subschema reached twice (a `type` list, an
+        # anyOf with siblings, a $ref with siblings) is walked once. The schema is kept so its id
+        # cannot be reused by a new object.
+        self._memo: dict[int, tuple[Any, str]] = {}
+        self._depth = 0
+        self._size = 0
+
+    def new_schema(self, owner: str, root_schema: Any) -> None:
+        """Start on another schema (the next tool): its $refs and subschemas are its own."""
+        self.owner = owner
+        self.root_schema = root_schema
+        self._refs = {}
+        self._memo = {}
 
     # -- rule bookkeeping -------------------------------------------------
     def fail(self, feature: str, where: str) -> UnsupportedSchemaFeature:
         return UnsupportedSchemaFeature(self.owner, feature, where, param=self.param)
 
+    def limit(self, what: str, key: str, value: Any) -> SchemaLimitExceeded:
+        return SchemaLimitExceeded(
+            f"{self.owner}: {what} ({key} = {value}); simplify the schema, or raise {key} in the server's config",
+            param=self.param,
+        )
+
+    def _grow(self, n: int) -> None:
+        self._size += n
+        if self._size > self.limits.max_grammar_bytes:
+            raise self.limit("the grammar for this schema is too large", self.limits.size_key, self.limits.max_grammar_bytes)
+
     def primitive(self, name: str) -> str:
         if name not in self.rules:
+            self._grow(len(_PRIMITIVES[name]) + len(name) + 6)
             self.rules[name] = _PRIMITIVES[name]
             for dep in _PRIMITIVE_DEPS.get(name, ()):
                 self.primitive(dep)
         return name
 
     def _fresh(self, hint: str) -> str:
-        base = re.sub(r"[^a-zA-Z0-9]+", "-", hint).strip("-").lower() or "r"
+        # The tail of the hint (nested hints grow with depth; names stay short, the grammar linear).
+        base = re.sub(r"[^a-zA-Z0-9]+", "-", hint[-40:]).strip("-").lower() or "r"
         if base in _PRIMITIVES or base == "root":
             base += "-x"
         name, n = base, 1
@@ -227,6 +293,11 @@ class _Builder:
         if body in self._by_body:
             return self._by_body[body]
         name = self._fresh(hint)
+        self._grow(len(name) + len(body) + 6)
+        for m in _REPEAT.finditer(body):
+            # llama.cpp expands x{m,n} into n copies when it parses the grammar (on the engine
+            # thread): count them, so maxLength: 1e9 is refused here rather than expanded there.
+            self._grow(8 * max(int(g) for g in m.groups() if g))
         self.rules[name] = body
         self._by_body[body] = name
         return name
@@ -252,7 +323,25 @@ class _Builder:
         return ref, node
 
     def visit(self, schema: Any, where: str, hint: str) -> str:
-        """A GBNF expression (usually a rule name) for values of ``schema``."""
+        """A GBNF expression (usually a rule name) for values of ``schema``, each subschema walked once."""
+        seen = self._memo.get(id(schema))
+        if seen is not None and seen[0] is schema:
+            return seen[1]
+        lim = self.limits
+        if self._depth >= lim.max_depth:
+            raise self.limit(f"the schema nests more than {lim.max_depth} levels at {where}", lim.depth_key, lim.max_depth)
+        if lim.deadline is not None and time.monotonic() > lim.deadline:
+            raise self.limit("building the grammar took too long", lim.time_key, "its budget")
+        self._depth += 1
+        try:
+            expr = self._visit(schema, where, hint)
+        finally:
+            self._depth -= 1
+        if isinstance(schema, Mapping):
+            self._memo[id(schema)] = (schema, expr)
+        return expr
+
+    def _visit(self, schema: Any, where: str, hint: str) -> str:
         if schema is True or schema == {}:
             return self.primitive("value")
         if schema is False:
@@ -319,11 +408,12 @@ class _Builder:
         if isinstance(types, list):
             if not types:
                 raise self.fail("empty type list", where)
-            alts = [self.visit({**schema, "type": t}, where, f"{hint}-{t}") for t in types]
+            # Same level, one type each; their subschemas are shared objects, walked once (memo).
+            alts = [self._visit({**schema, "type": t}, where, f"{hint}-{t}") for t in types]
             return self.add(hint, " | ".join(dict.fromkeys(alts)))
         if schema.get("nullable") is True and types != "null":
             # OpenAPI's nullable, which some tool schemas still carry.
-            inner = self.visit({k: v for k, v in schema.items() if k != "nullable"}, where, hint)
+            inner = self._visit({k: v for k, v in schema.items() if k != "nullable"}, where, hint)
             return self.add(hint + "-or-null", f"{inner} | {self.primitive('null')}")
         if types is None:
             types = _infer_type(schema)
@@ -432,32 +522,19 @@ class _Builder:
                 value = self.visit(props[name], f"{where}/properties/{name}", f"{hint}-{name}")
                 kv.append(self.add(f"{hint}-{name}-kv", f'{_json_literal(name)} {ws} ":" {ws} {value}'))
             req = [n in required for n in names]
-            # after[i]: what may follow once property i is written. Properties
-            # keep their declared order; each optional one may be skipped.
-            after: list[str] = [""] * len(names)
+            # Linear in the number of properties (llama.cpp's converter does the same): rest[i]
+            # is what may follow once something is written, from property i on (each optional
+            # one skippable, extras last); first[i] is how the content may start at property i.
+            # Properties keep their declared order.
+            rest = self.add(f"{hint}-rest-{len(names)}", f"( {sep} {extra} )*") if extra else ""
+            first = f"{extra} ( {sep} {extra} )*" if extra else ""
             for i in range(len(names) - 1, -1, -1):
-                alts = []
-                for j in range(i + 1, len(names)):
-                    alts.append(f"{sep} {kv[j]} {after[j]}".strip())
-                    if req[j]:
-                        break
-                tail_optional = not any(req[i + 1 :])
-                if extra:
-                    alts.append(f"( {sep} {extra} )*" if tail_optional else "")
-                    alts = [a for a in alts if a]
-                body = " | ".join(alts)
-                if body:
-                    body = f"( {body} )" + ("?" if tail_optional and not extra else "")
-                after[i] = self.add(f"{hint}-after-{i}", body) if body else ""
-            starts = []
-            for j in range(len(names)):
-                starts.append(f"{kv[j]} {after[j]}".strip())
-                if req[j]:
-                    break
+                written = f"{kv[i]} {rest}".strip()
+                first = self.add(f"{hint}-first-{i}", written if req[i] or not first else f"{written} | {first}")
+                body = f"{sep} {kv[i]} {rest}" if req[i] else f"( {sep} {kv[i]} )? {rest}"
+                rest = self.add(f"{hint}-rest-{i}", body.strip())
             all_optional = not any(req)
-            if extra and all_optional:
-                starts.append(f"{extra} ( {sep} {extra} )*")
-            content = self.add(f"{hint}-props", " | ".join(starts))
+            content = first
             if all_optional:
                 content += "?"
         elif extra:
@@ -471,8 +548,7 @@ class _Builder:
             if lo > 0:
                 raise self.fail("minProperties on an object that allows no properties", where)
             content = ""
-        body = f'"{{" {ws} {content} {ws} "}}"' if content else f'"{{" {ws} "}}"'
-        return self.add(hint, body)
+        return self.add(hint, _enclose('"{"', '"}"', content, ws))
 
     def key_excluding(self, names: list[str], hint: str) -> str:
         """A JSON string rule for any key except the declared ``names``.
@@ -531,7 +607,7 @@ class _Builder:
             for i in range(len(parts) - 1, -1, -1):
                 lead = "" if i == 0 else f"{sep} "
                 body = f"( {lead}{parts[i]} {body} )" + ("?" if i >= lo else "")
-            return self.add(hint, f'"[" {ws} {body} {ws} "]"')
+            return self.add(hint, _enclose('"["', '"]"', body, ws))
         if items is False or hi_n == 0:
             if lo > 0:
                 raise self.fail("minItems with no items allowed", where)
@@ -539,7 +615,7 @@ class _Builder:
         item = self.visit(items, f"{where}/items", f"{hint}-item")
         more = _repeat(f"( {sep} {item} )", max(lo - 1, 0), None if hi_n is None else hi_n - 1)
         content = f"( {item} {more} )" + ("" if lo > 0 else "?")
-        return self.add(hint, f'"[" {ws} {content} {ws} "]"')
+        return self.add(hint, _enclose('"["', '"]"', content, ws))
 
     def visit_string(self, schema: Mapping, where: str, hint: str) -> str:
         lo = int(schema.get("minLength", 0))
@@ -602,6 +678,16 @@ class _Builder:
             return _Regex(pattern, self.primitive("char")).translate()
         except _RegexUnsupported as exc:
             raise self.fail(f"pattern {pattern!r} ({exc})", where) from None
+
+
+def _enclose(open_: str, close: str, content: str, ws: str) -> str:
+    """Brackets around ``content`` with whitespace inside; an empty one gets a single ``ws``, not
+    two in a row (a small model otherwise writes ``{\n    \n }``, tokens that buy nothing)."""
+    if not content:
+        return f"{open_} {ws} {close}"
+    if content.endswith("?"):  # wholly optional content
+        return f"{open_} {ws} ( {content[:-1]} {ws} )? {close}"
+    return f"{open_} {ws} {content} {ws} {close}"
 
 
 def _group(expr: str) -> str:
@@ -906,14 +992,19 @@ def _class_expr(ranges: list[tuple[int, int]], *, negate: bool) -> str:
     return f"[{_class_items(kept)}]"
 
 
-def schema_to_gbnf(schema: Any, *, owner: str = "response_format", param: str | None = None) -> str:
+def schema_to_gbnf(
+    schema: Any, *, owner: str = "response_format", param: str | None = None, limits: GrammarLimits | None = None
+) -> str:
     """GBNF (start rule ``root``) for JSON values valid against ``schema``.
 
     ``owner`` names the schema in errors ("tool 'exec'", "response_format").
     Raises :class:`UnsupportedSchemaFeature` for anything it cannot enforce.
     """
-    b = _Builder(owner, schema, param)
-    root = b.visit(schema, "#", "v")
+    b = _Builder(owner, schema, param, limits)
+    try:
+        root = b.visit(schema, "#", "v")
+    except _MALFORMED as exc:
+        raise _malformed(owner, param, exc) from None
     return b.render(root)
 
 
@@ -923,7 +1014,9 @@ def json_object_grammar() -> str:
     return b.render(b.visit({"type": "object"}, "#", "v"))
 
 
-def response_format_grammar(response_format: Mapping[str, Any] | None) -> str | None:
+def response_format_grammar(
+    response_format: Mapping[str, Any] | None, limits: GrammarLimits | None = None
+) -> str | None:
     """The grammar for an OpenAI ``response_format``, or None for plain text.
 
     ``json_schema`` is always enforced, ``strict`` or not: with a grammar
@@ -941,7 +1034,7 @@ def response_format_grammar(response_format: Mapping[str, Any] | None) -> str | 
         if not isinstance(spec, Mapping) or "schema" not in spec:
             raise InvalidRequest("response_format.json_schema.schema is required", param="response_format")
         name = spec.get("name") or "schema"
-        return schema_to_gbnf(spec["schema"], owner=f"response_format {name!r}", param="response_format")
+        return schema_to_gbnf(spec["schema"], owner=f"response_format {name!r}", param="response_format", limits=limits)
     raise InvalidRequest(f"unknown response_format type {kind!r}", param="response_format")
 
 
@@ -972,6 +1065,7 @@ def tool_call_grammar(
     *,
     tool_choice: Any = "required",
     parallel: bool = True,
+    limits: GrammarLimits | None = None,
 ) -> str:
     """GBNF that makes the model write tool calls in ``family``'s syntax.
 
@@ -988,7 +1082,7 @@ def tool_call_grammar(
         raise InvalidRequest("tool_choice requires at least one tool", param="tools")
     if isinstance(tool_choice, Mapping):
         parallel = False
-    b = _Builder("tools", None, "tools")
+    b = _Builder("tools", None, "tools", limits)
     ws = b.primitive("ws")
     args_key = "parameters" if syntax == "llama3" else "arguments"
     calls = []
@@ -996,10 +1090,11 @@ def tool_call_grammar(
         name = fn["name"]
         # No parameters means a function that takes none: arguments are {}.
         schema = fn.get("parameters") or {"type": "object", "properties": {}, "additionalProperties": False}
-        b.owner = f"tool {name!r}"
-        b.root_schema = schema
-        b._refs = {}  # each tool's $refs point into its own schema
-        args = b.visit(schema, "#", f"{name}-args")
+        b.new_schema(f"tool {name!r}", schema)  # each tool's $refs point into its own schema
+        try:
+            args = b.visit(schema, "#", f"{name}-args")
+        except _MALFORMED as exc:
+            raise _malformed(b.owner, "tools", exc) from None
         calls.append(
             b.add(
                 f"call-{name}",

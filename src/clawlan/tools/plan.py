@@ -37,6 +37,7 @@ from typing import Any
 from clawlan.errors import InvalidRequest
 from clawlan.tools.grammar import (
     FAMILIES,
+    GrammarLimits,
     UnsupportedSchemaFeature,
     response_format_grammar,
     tool_call_grammar,
@@ -136,14 +137,17 @@ def _normalize_choice(choice: Any, tools: list[dict[str, Any]]) -> Any:
     )
 
 
-def plan_request(body: Mapping[str, Any], family: str) -> ToolPlan:
-    """The decoding plan for a chat-completions ``body`` rendered with template ``family``."""
+def plan_request(body: Mapping[str, Any], family: str, limits: GrammarLimits | None = None) -> ToolPlan:
+    """The decoding plan for a chat-completions ``body`` rendered with template ``family``.
+
+    ``limits`` bound the grammar build (the server passes its config's).
+    """
     tools = _validate_tools(body.get("tools"))
     choice = _normalize_choice(body.get("tool_choice"), tools)
     parallel = body.get("parallel_tool_calls", True)
     if not isinstance(parallel, bool):
         raise InvalidRequest("parallel_tool_calls must be a boolean", param="parallel_tool_calls")
-    fmt_grammar = response_format_grammar(body.get("response_format"))
+    fmt_grammar = response_format_grammar(body.get("response_format"), limits)
 
     if not tools:
         return ToolPlan(family, [], "none", parallel, grammar=fmt_grammar)
@@ -167,10 +171,10 @@ def plan_request(body: Mapping[str, Any], family: str) -> ToolPlan:
             plan.grammar, plan.parse_tool_calls = fmt_grammar, False
             return plan
         try:
-            plan.grammar = tool_call_grammar(tools, family, tool_choice="required", parallel=parallel)
+            plan.grammar = tool_call_grammar(tools, family, tool_choice="required", parallel=parallel, limits=limits)
             plan.grammar_triggers = tool_call_triggers(family)
         except UnsupportedSchemaFeature as exc:
             plan.warnings.append(f"tool calls are parsed without a grammar: {exc.message}")
         return plan
-    plan.grammar = tool_call_grammar(tools, family, tool_choice=choice, parallel=parallel)
+    plan.grammar = tool_call_grammar(tools, family, tool_choice=choice, parallel=parallel, limits=limits)
     return plan
