@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from clawlan.engine.request import Event, Request
+from clawlan.engine.request import Event, Request, TokenLogprob
 from clawlan.engine.runner import Runner
 from clawlan.engine.scheduler import Scheduler, Step
 from clawlan.engine.sequence import Sequence, Status
@@ -256,31 +256,48 @@ class Engine:
             self.stats.prompt_tokens += seq.n_prompt
             self.stats.cached_tokens += seq.n_cached or 0
         text, emitted = "", []
-        for token in tokens:  # several when a draft held: one event carries them all
+        # the runner's log probabilities, one per sampled token, when the request asked
+        sampled_lps, seq.logprobs = seq.logprobs, []
+        lps = [] if seq.params.logprobs is not None else None
+        for k, token in enumerate(tokens):  # several when a draft held: one event carries them all
             reason = self.scheduler.append_token(seq, token, self.runner.is_eog(token))
             if reason != "stop":
                 self.stats.generated_tokens += 1
                 emitted.append(token)
+                if lps is not None and k < len(sampled_lps):
+                    lps.append(sampled_lps[k])
                 text += seq.text.feed(self.runner.piece(token))
                 if seq.text.stopped:
                     reason = "stop"
             if reason:
                 # An end-of-generation token is not output; a stop string's token is (its text is cut).
-                self._end(seq, reason, text=text, tokens=emitted)
+                self._end(seq, reason, text=text, tokens=emitted, logprobs=lps)
                 break
         else:
-            self._emit(seq, Event(seq.request_id, text=text, token_ids=emitted))
+            self._emit(seq, Event(seq.request_id, text=text, token_ids=emitted, logprobs=lps))
 
     def _end(
-        self, seq: Sequence, reason: str, text: str = "", tokens: list[int] | None = None, error: str | None = None
+        self,
+        seq: Sequence,
+        reason: str,
+        text: str = "",
+        tokens: list[int] | None = None,
+        error: str | None = None,
+        logprobs: list[TokenLogprob] | None = None,
     ) -> None:
         if seq.status is Status.FINISHED:
             return
         self.scheduler.finish(seq, reason, self.clock())
-        self._notify(seq, reason, text, tokens, error)
+        self._notify(seq, reason, text, tokens, error, logprobs)
 
     def _notify(
-        self, seq: Sequence, reason: str, text: str = "", tokens: list[int] | None = None, error: str | None = None
+        self,
+        seq: Sequence,
+        reason: str,
+        text: str = "",
+        tokens: list[int] | None = None,
+        error: str | None = None,
+        logprobs: list[TokenLogprob] | None = None,
     ) -> None:
         """Free a finished sequence's sampler and send its last event, with usage."""
         text += seq.text.flush()
@@ -297,6 +314,7 @@ class Engine:
                     prompt_tokens=seq.n_prompt,
                     cached_tokens=seq.n_cached or 0,
                     completion_tokens=seq.n_generated,
+                    logprobs=logprobs,
                 )
             )
 

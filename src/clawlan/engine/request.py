@@ -28,6 +28,9 @@ class SamplingParams:
     grammar: str | None = None  # GBNF whose root rule is ``root``
     # With triggers the grammar is lazy: free text until the output matches one of these regexes.
     grammar_triggers: list[str] = field(default_factory=list)
+    # None: no log probabilities; k >= 0: each output token's, with the k most likely beside it.
+    # Asking for them turns device-side greedy off (the logits row must come to the host).
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -43,6 +46,17 @@ class SamplingParams:
             and self.presence_penalty == 0.0
             and self.frequency_penalty == 0.0
         )
+
+
+@dataclass
+class TokenLogprob:
+    """One output token's log probability under the model (log-softmax of the raw logits row it
+    was sampled from, before temperature, penalties or grammar), and the ``top`` most likely
+    tokens of that row as (token, logprob), most likely first."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -68,3 +82,4 @@ class Event:
     cached_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when the request asked

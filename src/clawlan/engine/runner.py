@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
+
 from clawlan.engine.llama import Context, Model, Sampler
 from clawlan.engine.microbatch import Part
 from clawlan.engine.policy import StepPolicy
+from clawlan.engine.request import TokenLogprob
 from clawlan.engine.scheduler import Chunk, Step
 from clawlan.engine.sequence import Sequence
 from clawlan.errors import EngineError
@@ -65,7 +68,8 @@ class LlamaRunner:
             parts.append(Part(c.seq.seq_id, c.start, c.tokens, c.n_logits, index=k))
             if self.policy.device_greedy and c.n_logits:
                 # plain greedy with one row: argmax on the device; anything else needs the logits
-                on = c.seq.sampler is None and c.n_logits == 1
+                # (and no logprobs: they need the row on the host)
+                on = c.seq.sampler is None and c.n_logits == 1 and c.seq.params.logprobs is None
                 self._device[c.seq] = self.ctx.device_greedy(c.seq.seq_id, on)
         status, rows = decode_shaped(self.ctx, self.policy, parts)
         self._rows = {step.chunks[k].seq: r for k, r in rows.items()}
@@ -84,10 +88,15 @@ class LlamaRunner:
         sampler = chunk.seq.sampler
         if sampler is None:  # plain greedy: one argmax over the chunk's rows, no copy
             picks = self.ctx.logits_rows(rows[0], len(rows)).argmax(axis=1).tolist()
+        n_top = chunk.seq.params.logprobs
         got: list[int] = []
         for j, row in enumerate(rows):
+            # log-softmax before sampling: the row is the model's, whatever the sampler does next
+            lp = None if n_top is None else log_softmax(self.ctx.logits_rows(row, 1)[0])
             token = picks[j] if sampler is None else int(sampler.sample(self.ctx, row))
             got.append(token)
+            if lp is not None:
+                chunk.seq.logprobs.append(token_logprob(lp, token, n_top or 0))
             if j == len(chunk.draft) or token != chunk.draft[j]:
                 break
         return got
@@ -97,6 +106,25 @@ class LlamaRunner:
 
     def is_eog(self, token: int) -> bool:
         return self.model.is_eog(token)
+
+
+def log_softmax(row: np.ndarray) -> np.ndarray:
+    """log p over the vocabulary from one logits row, in float64 (a new array; the row is untouched)."""
+    x = row.astype(np.float64)
+    x -= x.max()
+    x -= np.log(np.exp(x).sum())
+    return x
+
+
+def token_logprob(lp: np.ndarray, token: int, n_top: int) -> TokenLogprob:
+    """``token``'s log probability and the ``n_top`` most likely tokens, most likely first."""
+    top: list[tuple[int, float]] = []
+    if n_top > 0:
+        k = min(n_top, lp.shape[0])
+        idx = np.argpartition(lp, -k)[-k:]
+        idx = idx[np.argsort(-lp[idx], kind="stable")]
+        top = [(int(i), float(lp[i])) for i in idx]
+    return TokenLogprob(token, float(lp[token]), top)
 
 
 def decode_shaped(ctx: Context, policy: StepPolicy, parts: list[Part]) -> tuple[int, dict[int, list[int]]]:

@@ -47,6 +47,7 @@ class Sequence:
         self.draft_len: int | None = None  # longest draft worth trying now (adapts to acceptance)
         self.draft_tries = 0  # draft tokens fed for this sequence
         self.draft_hits = 0  # of them, accepted
+        self.logprobs: list[Any] = []  # the runner's TokenLogprobs for sampled tokens not yet emitted
 
     @property
     def request_id(self) -> str:

@@ -31,12 +31,13 @@ from starlette.routing import Route
 
 from clawlan import __version__
 from clawlan.config import Settings
-from clawlan.engine.request import Event, SamplingParams
+from clawlan.engine.request import Event, SamplingParams, TokenLogprob
 from clawlan.engine.request import Request as EngineRequest
 from clawlan.errors import ContextLengthExceeded, InvalidRequest, Overloaded, RequestError, RequestTimeout
 from clawlan.server.backend import Backend
 from clawlan.server.chat_template import content_text, validate_messages
 from clawlan.server.limits import BodyLimitMiddleware
+from clawlan.server.logprobs import CompletionLogprobs, chat_content
 from clawlan.server.metrics import Metrics
 from clawlan.server.middleware import (
     ApiKeyMiddleware,
@@ -117,6 +118,7 @@ class Service:
             stop=stop,
             stop_token_ids=[] if body.ignore_eos else list(self.backend.end_of_turn),
             ignore_eos=body.ignore_eos,
+            logprobs=body.logprobs_k,
         )
 
     async def _events(self, req: EngineRequest) -> AsyncIterator[Event]:
@@ -336,6 +338,8 @@ class Service:
     ) -> Response:
         parser = plan.new_parser() if plan else None
 
+        lps: list[TokenLogprob] = []
+
         async def collect() -> tuple[str, Event]:
             parts = []
             last = None
@@ -344,6 +348,7 @@ class Service:
                 if parser is not None and parser.stop_requested:
                     continue  # the call is complete and being repeated: ignore the tail
                 parts.append(ev.text)
+                lps.extend(ev.logprobs or ())
                 if parser is not None and ev.text:
                     parser.feed(ev.text)
                     if parser.stop_requested:
@@ -383,6 +388,7 @@ class Service:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         finish = "length" if last.finish_reason == "length" else "stop"
+        want = req.params.logprobs is not None
         if chat:
             message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
             if parser is not None:
@@ -391,10 +397,12 @@ class Service:
                 if parser.tool_calls and not plan.drop_calls:
                     message["tool_calls"] = [c.to_openai() for c in parser.tool_calls]
                     finish = ToolPlan.finish_reason(parser, finish)
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            logprobs = {"content": chat_content(lps, self.backend.model.piece), "refusal": None}
+            choice = {"index": 0, "message": message, "logprobs": logprobs if want else None, "finish_reason": finish}
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            logprobs = CompletionLogprobs(self.backend.model.piece).block(lps) if want else None
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
             obj = "text_completion"
         return JSONResponse(
             {
@@ -423,11 +431,23 @@ class Service:
         model = self.backend.model_id
         obj = "chat.completion.chunk" if chat else "text_completion"
 
+        want = req.params.logprobs is not None
+        held: list[TokenLogprob] = []  # tokens whose text no chunk has carried yet (held back)
+        legacy = CompletionLogprobs(self.backend.model.piece)
+
         def chunk(delta: Any, finish: str | None, usage: Any = None, choices: bool = True) -> str:
+            # a chunk carries the log probabilities of the tokens since the last chunk
+            lp = None
+            if want and choices:
+                if chat:
+                    lp = {"content": chat_content(held, self.backend.model.piece), "refusal": None}
+                else:
+                    lp = legacy.block(held)
+                held.clear()
             if chat:
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
             else:
-                choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
+                choice = {"index": 0, "text": delta, "logprobs": lp, "finish_reason": finish}
             out: dict[str, Any] = {
                 "id": rid,
                 "object": obj,
@@ -460,6 +480,8 @@ class Service:
             async for ev in self._events(req):
                 if parser is not None and parser.stop_requested:
                     ev.text = ""  # the call is complete and being repeated: drop the tail
+                    ev.logprobs = None
+                held.extend(ev.logprobs or ())
                 if ev.finish_reason is None:
                     for d in deltas(ev.text):
                         yield chunk(d, None)

@@ -8,9 +8,9 @@ one becomes a 400 whose message and ``param`` name it.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from clawlan.errors import InvalidRequest
 
@@ -55,23 +55,51 @@ class ChatRequest(Sampling):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # OpenAI's range
 
     @property
     def output_limit(self) -> int | None:
         # max_completion_tokens is the newer name; either is accepted, the newer wins.
         return self.max_completion_tokens or self.max_tokens
 
+    @property
+    def logprobs_k(self) -> int | None:
+        """None: no log probabilities; k: each token's and the k most likely beside it."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
+
 
 class CompletionRequest(Sampling):
     prompt: str | list[str] | list[int]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's completions default
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)  # OpenAI's range for the legacy endpoint
     suffix: str | None = None
+
+    # Refused rather than ignored: a client that asks for them would get a silently different answer.
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("echo is not supported; the response holds the completion only")
+        return v
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("suffix (fill-in-the-middle) is not supported")
+        return v
 
     @property
     def output_limit(self) -> int | None:
         return self.max_tokens
+
+    @property
+    def logprobs_k(self) -> int | None:
+        return self.logprobs
 
 
 # Deeper JSON than any real request (a tool schema nested 16 subschemas deep is about 40
@@ -117,5 +145,3 @@ def parse(model: type[BaseModel], raw: bytes) -> Any:
         msg = err["msg"] if err["type"] != "missing" else "Field required"
         raise InvalidRequest(f"invalid value for '{loc}': {msg} (got {got})", param=loc) from None
 
-
-Role = Literal["system", "developer", "user", "assistant", "tool"]
