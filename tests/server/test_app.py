@@ -321,3 +321,10 @@ def test_metrics_parse(backend):
     gen = next(s for s in families["clawlan:generation_tokens"].samples if s.name.endswith("_total"))
     assert gen.value >= 4
     assert not any(n.startswith("clawlan:gpu") for n in families)  # no GPU here: the series are absent
+
+
+def test_template_special_tokens_come_from_the_vocabulary(backend, llama_model):
+    """bos_token/eos_token are the model's own texts (Gemma: <bos>, <eos>), not a guessed "</s>"."""
+    t = backend.backend.template
+    assert (t.bos_token, t.eos_token) == ("<bos>", "<eos>")
+    assert llama_model.token_id("<eos>") == llama_model.eos

@@ -161,3 +161,20 @@ def test_unsupported_schema_feature_is_a_400_naming_tool(backend):
     with pytest.raises(openai.BadRequestError) as e:
         c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], tools=[tool], tool_choice="required")
     assert "odd" in e.value.body["message"] and "not" in e.value.body["message"]
+
+
+def test_auto_with_an_unenforceable_schema_says_so(backend):
+    """tool_choice auto promises nothing, so the request succeeds, but the client and the log are told
+    that the tool's arguments are not grammar-constrained."""
+    tool = {"type": "function", "function": {"name": "odd", "parameters": {"type": "object", "not": {}}}}
+    c = openai.OpenAI(base_url=backend.base_url + "/v1", api_key="k", max_retries=0)
+    for stream in (False, True):
+        raw = c.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], tools=[tool], max_tokens=2, stream=stream
+        )
+        assert "'not'" in raw.headers["x-clawlan-warning"] and "without a grammar" in raw.headers["x-clawlan-warning"]
+        out = raw.parse()
+        if stream:
+            list(out)  # read to the end: the request completes
+    r = c.chat.completions.with_raw_response.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert "x-clawlan-warning" not in r.headers

@@ -91,7 +91,10 @@ class ServerSection(Section):
         None, ge=256, le=16_777_216, description="KV cache cells shared by all sequences; default: fit memory"
     )
     memory_budget_mb: int | None = Field(
-        None, ge=64, description="memory the KV cache may use; default: half the free RAM"
+        None,
+        ge=64,
+        description="cap on the KV cache's memory; default: a quarter of the free RAM. The default cache "
+        "is sized to the model (max(32k cells, 4k per sequence), trained context permitting), usually below the cap",
     )
     prefill_chunk: int = Field(512, ge=16, le=16384, description="token budget of one engine step")
     kv_layout: Literal["auto", "streams", "unified"] = Field(

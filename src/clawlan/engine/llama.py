@@ -90,6 +90,13 @@ class Model:
             got = self._pieces[token] = buf.raw[:n]
         return got
 
+    def token_text(self, token: int) -> str:
+        """A token's text in the vocabulary, control tokens included (``<eos>``, ``</s>``): what a
+        chat template writes for ``bos_token``/``eos_token``. "" for no token."""
+        if token < 0:
+            return ""
+        return (L.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", "replace")
+
     def keep_special(self, texts: list[str]) -> list[int]:
         """Render these special tokens as their text (tool-call markers such as ``<tool_call>``
         or ``[TOOL_CALLS]``), so the tool-call parser sees them; returns the ids found."""

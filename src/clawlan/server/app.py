@@ -244,21 +244,37 @@ class Service:
                 params.grammar = plan.grammar
                 params.grammar_triggers = list(plan.grammar_triggers)
             req = EngineRequest(tokens, params)
+            extra = self._warnings(plan, endpoint)
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 handed_over = True
                 return StreamingResponse(
                     self._stream(req, body, chat, include_usage, admit, endpoint, plan),
                     media_type="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **extra},
                 )
-            return await self._complete(request, req, body, chat, endpoint, plan)
+            response = await self._complete(request, req, body, chat, endpoint, plan)
+            response.headers.update(extra)
+            return response
         except RequestError as exc:
             self.metrics.requests.labels(endpoint, str(exc.status_code)).inc()
             return error_response(exc)
         finally:
             if not handed_over:
                 admit.__exit__(None, None, None)
+
+    @staticmethod
+    def _warnings(plan: ToolPlan | None, endpoint: str) -> dict[str, str]:
+        """What the tool plan could not do as asked (with tool_choice auto, a schema it cannot
+        enforce is parsed unconstrained): a log line for the operator and an ``X-Clawlan-Warning``
+        header for the client, since the request itself succeeds."""
+        if plan is None or not plan.warnings:
+            return {}
+        text = "; ".join(plan.warnings)
+        log.warning("%s request: %s", endpoint, text)
+        # a header value is one line of latin-1: schema names may be anything
+        value = " ".join(text.encode("ascii", "backslashreplace").decode().split())
+        return {"X-Clawlan-Warning": value[:1000]}
 
     def _prepare(self, raw: bytes, chat: bool) -> tuple[Any, ToolPlan | None, list[int]]:
         """Body → validated request, tool plan and prompt tokens (on a worker thread)."""

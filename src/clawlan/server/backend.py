@@ -112,9 +112,10 @@ class Backend:
         )
         self.engine.on_step = self.on_step
         self.engine.start()
-        bos = m.detokenize([m.bos]) if m.bos >= 0 else ""
-        bos = bos or "<bos>"
-        eos = "</s>"
+        # The vocabulary's own texts (Gemma: <bos>/<eos>, Llama 2: <s>/</s>) for templates that
+        # write bos_token/eos_token; detokenizing would give "" for these control tokens.
+        bos = m.token_text(m.bos) or "<bos>"
+        eos = m.token_text(m.eos) or "</s>"
         self.template = load_template(m.chat_template() or info.chat_template, info.architecture, bos, eos)
         ids = (m.token_id(marker) for marker in self.template.stop_markers)
         self.end_of_turn = [i for i in ids if i is not None]

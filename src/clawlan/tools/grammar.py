@@ -22,7 +22,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -1142,7 +1142,3 @@ def tool_call_triggers(family: str) -> list[str]:
         return [anywhere.format(re.escape("[TOOL_CALLS]"))]
     # Llama 3: a JSON call object as the whole message, or after <|python_tag|>.
     return [r'\s*(\{)\s*"name"[\s\S]*', r"[\s\S]*?<\|python_tag\|>\s*(\{)[\s\S]*"]
-
-
-def tool_names(tools: Iterable[Mapping[str, Any]]) -> list[str]:
-    return [_function(t)["name"] for t in tools]
