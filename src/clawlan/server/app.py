@@ -7,6 +7,10 @@ context check → engine ``submit`` → events → JSON or SSE chunks.
 ``timeout_ms`` bounds the wait for each next event (queueing included), never
 the whole answer. Parsing, grammar building, rendering and tokenizing run off
 the event loop, so a large request never stalls ``/health`` or other streams.
+
+Here: admission, the event loop side of generation (JSON or SSE). Beside it:
+``server.shaping`` (body → prompt tokens and sampling), ``server.logprobs``
+(their response shapes) and ``server.admin`` (health, load, metrics, models).
 """
 
 from __future__ import annotations
@@ -31,11 +35,11 @@ from starlette.routing import Route
 
 from clawlan import __version__
 from clawlan.config import Settings
-from clawlan.engine.request import Event, SamplingParams, TokenLogprob
+from clawlan.engine.request import Event, TokenLogprob
 from clawlan.engine.request import Request as EngineRequest
-from clawlan.errors import ContextLengthExceeded, InvalidRequest, Overloaded, RequestError, RequestTimeout
+from clawlan.errors import Overloaded, RequestError, RequestTimeout
+from clawlan.server.admin import Admin
 from clawlan.server.backend import Backend
-from clawlan.server.chat_template import content_text, validate_messages
 from clawlan.server.limits import BodyLimitMiddleware
 from clawlan.server.logprobs import CompletionLogprobs, chat_content
 from clawlan.server.metrics import Metrics
@@ -45,14 +49,11 @@ from clawlan.server.middleware import (
     RefusalLogMiddleware,
     log_cancelled,
 )
-from clawlan.server.schemas import ChatRequest, CompletionRequest, Sampling, parse
-from clawlan.tools.grammar import FAMILIES, GrammarLimits
-from clawlan.tools.plan import ToolPlan, plan_request
-from clawlan.tools.prompt import prepare_messages
+from clawlan.server.shaping import Shaper
+from clawlan.tools.plan import ToolPlan
 
 log = logging.getLogger(__name__)
 FINGERPRINT = f"clawlan-{__version__}"
-DEFAULT_TOP_K = 40  # as llama-server: sampling over Gemma's 262k vocabulary is slow without it
 
 
 def error_response(exc: RequestError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -66,6 +67,8 @@ class Service:
         self.settings = settings
         self.backend = backend
         self.metrics = Metrics(backend)
+        self.shaper = Shaper(settings, backend)
+        self.admin = Admin(backend, self.metrics)
         self.in_flight = 0
 
     # -- helpers ------------------------------------------------------------
@@ -86,40 +89,6 @@ class Service:
             yield
         finally:
             self.in_flight -= 1
-
-    def _params(self, body: Sampling, limit: int | None, n_prompt: int) -> SamplingParams:
-        ctx = self.backend.plan.max_context
-        if n_prompt >= ctx or (limit is not None and n_prompt + limit > ctx):
-            want = n_prompt + (limit or 0)
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {ctx} tokens. However, you requested {want} tokens "
-                f"({n_prompt} in the messages, {limit or 0} in the completion). "
-                "Please reduce the length of the messages or completion.",
-                param="messages",
-            )
-        if body.n != 1:
-            raise InvalidRequest("n > 1 is not supported; send n separate requests", param="n")
-        stop = body.stop_list()
-        if limit is None:
-            # No max_tokens: the server's cap (server.default_max_tokens), so a model that never
-            # stops cannot hold a slot for a whole context; 0 means the context is the cap.
-            cap = self.settings.server.default_max_tokens
-            limit = min(cap, ctx - n_prompt) if cap else ctx - n_prompt
-        return SamplingParams(
-            max_tokens=limit,
-            temperature=body.temperature,
-            top_k=body.top_k or DEFAULT_TOP_K,
-            top_p=body.top_p,
-            min_p=body.min_p,
-            seed=body.seed,
-            repeat_penalty=body.repeat_penalty,
-            presence_penalty=body.presence_penalty,
-            frequency_penalty=body.frequency_penalty,
-            stop=stop,
-            stop_token_ids=[] if body.ignore_eos else list(self.backend.end_of_turn),
-            ignore_eos=body.ignore_eos,
-            logprobs=body.logprobs_k,
-        )
 
     async def _events(self, req: EngineRequest) -> AsyncIterator[Event]:
         """The engine's events, each within timeout_ms; metrics on the way."""
@@ -172,53 +141,6 @@ class Service:
         }
 
     # -- endpoints ------------------------------------------------------------
-    async def health(self, request: Request) -> Response:
-        b = self.backend
-        if b.ready:
-            return JSONResponse({"status": "ok", "model": b.model_id, "backend": b.devices and b.devices.to_dict()})
-        if b.error:
-            return JSONResponse({"status": "error", "error": b.error}, status_code=503)
-        return JSONResponse({"status": "loading"}, status_code=503)
-
-    async def load(self, request: Request) -> Response:
-        """The load figure vLLM's and SGLang's routers poll (``GET /get_load`` -> ``{"load": n}``):
-        sequences running plus requests waiting, so power_of_two and the cache-aware balancer see real load."""
-        eng = self.backend.engine
-        if eng is None:
-            return JSONResponse({"load": 0, "running": 0, "waiting": 0})
-        running, waiting = len(eng.scheduler.running), len(eng.scheduler.waiting)
-        return JSONResponse({"load": running + waiting, "running": running, "waiting": waiting})
-
-    async def metrics_endpoint(self, request: Request) -> Response:
-        # Off the loop: collectors read /proc and may run rocm-smi (cached briefly, see metrics).
-        text = await asyncio.to_thread(self.metrics.render)
-        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    async def models(self, request: Request) -> Response:
-        b = self.backend
-        data = []
-        if b.ready:
-            info = b.info
-            data.append(
-                {
-                    "id": b.model_id,
-                    "object": "model",
-                    "created": int(info.path.stat().st_mtime),
-                    "owned_by": "clawlan",
-                    "max_model_len": b.plan.max_context,
-                    "context_length": b.plan.max_context,
-                    "meta": {
-                        "architecture": info.architecture,
-                        "n_params": info.n_params,
-                        "n_ctx_train": info.context_length,
-                        "quantization": info.file_type,
-                        "chat_template": b.template.family,
-                        "backend": b.devices and b.devices.to_dict(),  # CPU / CUDA / Vulkan ... and its devices
-                    },
-                }
-            )
-        return JSONResponse({"object": "list", "data": data})
-
     async def chat(self, request: Request) -> Response:
         return await self._generate(request, chat=True)
 
@@ -238,13 +160,13 @@ class Service:
             return error_response(exc, {"Retry-After": "1"} if exc.status_code == 503 else None)
         handed_over = False
         try:
-            body, plan, tokens = await asyncio.to_thread(self._prepare, raw, chat)
-            params = self._params(body, body.output_limit, len(tokens))
+            body, plan, tokens = await asyncio.to_thread(self.shaper.prepare, raw, chat)
+            params = self.shaper.params(body, body.output_limit, len(tokens))
             if plan is not None and plan.grammar:
                 params.grammar = plan.grammar
                 params.grammar_triggers = list(plan.grammar_triggers)
             req = EngineRequest(tokens, params)
-            extra = self._warnings(plan, endpoint)
+            extra = Shaper.warnings(plan, endpoint)
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 handed_over = True
@@ -262,92 +184,6 @@ class Service:
         finally:
             if not handed_over:
                 admit.__exit__(None, None, None)
-
-    @staticmethod
-    def _warnings(plan: ToolPlan | None, endpoint: str) -> dict[str, str]:
-        """What the tool plan could not do as asked (with tool_choice auto, a schema it cannot
-        enforce is parsed unconstrained): a log line for the operator and an ``X-Clawlan-Warning``
-        header for the client, since the request itself succeeds."""
-        if plan is None or not plan.warnings:
-            return {}
-        text = "; ".join(plan.warnings)
-        log.warning("%s request: %s", endpoint, text)
-        # a header value is one line of latin-1: schema names may be anything
-        value = " ".join(text.encode("ascii", "backslashreplace").decode().split())
-        return {"X-Clawlan-Warning": value[:1000]}
-
-    def _prepare(self, raw: bytes, chat: bool) -> tuple[Any, ToolPlan | None, list[int]]:
-        """Body → validated request, tool plan and prompt tokens (on a worker thread)."""
-        body = parse(ChatRequest if chat else CompletionRequest, raw)
-        if not chat:
-            return body, None, self._completion_tokens(body)
-        plan = self._tool_plan(body)
-        messages = self._prompt_messages(body, plan)
-        self._check_prompt_chars(sum(len(content_text(m.get("content"))) for m in messages))
-        pieces = self.backend.template.render_segments(messages)
-        self._check_prompt_chars(sum(len(t) for t, _ in pieces))
-        return body, plan, self.backend.tokenize_segments(pieces)
-
-    def _check_prompt_chars(self, n: int) -> None:
-        limit = self.settings.server.max_prompt_chars
-        if n > limit:
-            raise InvalidRequest(
-                f"the prompt is {n} characters; this server accepts at most {limit} (server.max_prompt_chars)",
-                param="messages",
-                code="prompt_too_long",
-            )
-
-    def _tool_plan(self, body: ChatRequest) -> ToolPlan | None:
-        """Tools, tool_choice and response_format as a grammar, prompt text and output parser."""
-        if not body.tools and not body.response_format and body.tool_choice is None:
-            return None
-        s = self.settings.server
-        family = self.backend.template.family
-        fields = {"tools", "tool_choice", "parallel_tool_calls", "response_format"}
-        spec = body.model_dump(include=fields, exclude_none=True)
-        size = len(json.dumps([spec.get("tools"), spec.get("response_format")]))
-        if size > s.max_schema_bytes:
-            raise InvalidRequest(
-                f"tools and response_format are {size} bytes of JSON; this server accepts at most "
-                f"{s.max_schema_bytes} (server.max_schema_bytes)",
-                param="tools" if spec.get("tools") else "response_format",
-                code="schema_too_large",
-            )
-        limits = GrammarLimits(
-            max_depth=s.max_schema_depth,
-            max_grammar_bytes=s.max_grammar_bytes,
-            deadline=time.monotonic() + s.grammar_timeout_ms / 1000.0,
-        )
-        return plan_request(spec, family if family in FAMILIES else "chatml", limits)
-
-    def _prompt_messages(self, body: ChatRequest, plan: ToolPlan | None) -> list[dict[str, Any]]:
-        """Messages for the template; tool calls and results become text where it has no tool syntax."""
-        validate_messages(body.messages)
-        template = self.backend.template
-        if plan is not None:
-            return plan.prompt_messages(body.messages) if plan.tools or not template.native_tools else body.messages
-        has_tools = any(m.get("role") == "tool" or m.get("tool_calls") for m in body.messages)
-        if has_tools and not template.native_tools:
-            family = template.family if template.family in FAMILIES else "chatml"
-            return prepare_messages(body.messages, family, tools=[], tool_choice="none")
-        return body.messages
-
-    def _completion_tokens(self, body: CompletionRequest) -> list[int]:
-        p = body.prompt
-        if isinstance(p, list) and not p:
-            raise InvalidRequest("prompt must not be empty", param="prompt")
-        if isinstance(p, list) and all(isinstance(t, int) for t in p):
-            n_vocab = self.backend.model.n_vocab
-            bad = next((t for t in p if not 0 <= t < n_vocab), None)  # type: ignore[operator]
-            if bad is not None:
-                raise InvalidRequest(f"prompt token id {bad} is outside the vocabulary (0..{n_vocab - 1})", param="prompt")
-            return list(p)  # type: ignore[arg-type]
-        if isinstance(p, list):
-            if len(p) != 1:
-                raise InvalidRequest("prompt arrays with more than one prompt are not supported", param="prompt")
-            p = p[0]
-        self._check_prompt_chars(len(str(p)))
-        return self.backend.tokenize_prompt(str(p))
 
     async def _complete(
         self, request: Request, req: EngineRequest, body: Any, chat: bool, endpoint: str, plan: ToolPlan | None
@@ -572,10 +408,10 @@ def create_app(settings: Settings, backend: Backend | None = None, load: bool = 
     middleware.append(Middleware(BodyLimitMiddleware, max_bytes=s.max_body_bytes, timeout_s=s.body_timeout_ms / 1000.0))
     app = Starlette(
         routes=[
-            Route("/health", svc.health),
-            Route("/metrics", svc.metrics_endpoint),
-            Route("/get_load", svc.load),
-            Route("/v1/models", svc.models),
+            Route("/health", svc.admin.health),
+            Route("/metrics", svc.admin.metrics_endpoint),
+            Route("/get_load", svc.admin.load),
+            Route("/v1/models", svc.admin.models),
             Route("/v1/chat/completions", svc.chat, methods=["POST"]),
             Route("/v1/completions", svc.completions, methods=["POST"]),
         ],
