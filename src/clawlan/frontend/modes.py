@@ -33,6 +33,14 @@ MODES: dict[str, Mode] = {
     m.id: m
     for m in (
         Mode(
+            "general",
+            "General assistant",
+            "通用助手",
+            "",
+            "你是本单位的通用助手。回答要清楚、简洁；不确定时直接说明。用提问者的语言回答。\n"
+            "You are this office's general assistant. Answer clearly and briefly, and say so when you are not sure.",
+        ),
+        Mode(
             "service",
             "Customer service",
             "智能客服",
@@ -63,7 +71,10 @@ MODES: dict[str, Mode] = {
         ),
     )
 }
-DEFAULT_MODE = "service"
+# Customer service answers only from the library, so it is the default only once a library exists
+# (Frontend.default_mode); until then a new chat is a general assistant.
+DEFAULT_MODE = "general"
+LIBRARY_MODE = "service"
 
 
 def system_message(prompt: str, hits: list[Hit]) -> str:

@@ -94,9 +94,14 @@ class Upstream:
         return h
 
     async def open(
-        self, method: str, path: str, *, content: bytes | None = None, headers: dict[str, str] | None = None
+        self, method: str, path: str, *, content: bytes | None = None, headers: dict[str, str] | None = None,
+        retries: int | None = None,
     ) -> Opened:
-        """Send and wait for the first body bytes, re-discovering and retrying on failure before them."""
+        """Send and wait for the first body bytes, re-discovering and retrying on failure before them.
+
+        ``retries=0`` answers at once: the web chat does its own waiting, visibly (model loading, back end down).
+        """
+        retries = self.retries if retries is None else retries
         start = time.monotonic()
         last = "no back end answered"
         attempt = 0
@@ -111,7 +116,7 @@ class Upstream:
                 log.warning("back end %s failed before answering (%s); discovering again", backend.base_url, exc)
                 self.discoverer.invalidate(backend.base_url)
             else:
-                if resp.status_code == 503 and attempt < self.retries:
+                if resp.status_code == 503 and attempt < retries:
                     # Loading or full: wait as told (bounded) and try again; the client has seen nothing yet.
                     raw = await resp.aread()
                     await resp.aclose()
@@ -131,7 +136,7 @@ class Upstream:
                     else:
                         return Opened(backend, resp, first, it)
             attempt += 1
-            if attempt > self.retries or time.monotonic() - start > self.retry_window_s:
+            if attempt > retries or time.monotonic() - start > self.retry_window_s:
                 raise UpstreamError(f"back end unavailable ({last})", status=502)
 
     async def model_id(self, backend: Backend) -> str:

@@ -7,9 +7,14 @@ const $ = (sel) => document.querySelector(sel);
 const state = {
   conv: null,          // the open conversation {id, title, mode, ...}
   list: [],            // conversations in the sidebar
-  streaming: null,     // {cid, controller} while an answer streams
-  defaultMode: "service",
-  status: null,
+  streams: new Map(),  // conversation id -> its answer streaming in this page (see attachStream)
+  defaultMode: "general",
+  modeChosen: false,   // the user picked a mode: the server's default no longer applies
+  status: null,        // the last /api/status
+  health: null,        // {state: ok|loading|down|error|finding, detail}
+  sessions: null,      // {active, queued, limit}: from every stream event and every poll
+  lastBackend: null,
+  pollTimer: 0,
 };
 
 // ---------------------------------------------------------------- rendering
@@ -127,10 +132,14 @@ function messageEl(m) {
   return el;
 }
 
-function setState(el, status, error) {
+// Plain words for the failures a user can act on; the server's own text stays available as detail.
+const ERROR_WORDS = { backend_down: "backendDown", backend_lost: "backendLost" };
+
+function setState(el, status, error, code) {
   el.dataset.state = status;
   const st = el.querySelector(".state");
   st.textContent = status === "queued" ? t("queued", { n: el.dataset.position || "?" })
+    : status === "loading" ? t("modelLoading")
     : status === "stopped" ? t("stopped")
     : status === "interrupted" ? t("interrupted")
     : status === "streaming" && !el.querySelector(".body").textContent ? t("waiting")
@@ -143,8 +152,25 @@ function setState(el, status, error) {
       errEl.setAttribute("role", "alert");
       el.append(errEl);
     }
-    errEl.textContent = t("errorKept", { msg: error });
+    const words = ERROR_WORDS[code];
+    const msg = document.createElement("span");
+    msg.className = "error-text";
+    msg.textContent = words ? t(words) : t("errorKept", { msg: error });
+    if (words) msg.title = error;
+    const retry = document.createElement("button");
+    retry.type = "button";
+    retry.className = "retry";
+    retry.textContent = t("retry");
+    retry.addEventListener("click", () => retryLast(el));
+    errEl.replaceChildren(msg, retry);
   } else if (errEl) errEl.remove();
+}
+
+function retryLast(el) {
+  // Retry means: ask the last question again, in the conversation on screen.
+  if (!state.conv || state.streams.has(state.conv.id)) return;
+  if (el !== [...document.querySelectorAll("#messages .msg")].pop()) return;
+  send("", true);
 }
 
 function setSources(el, sources) {
@@ -152,9 +178,8 @@ function setSources(el, sources) {
   if (!sources.length) return;
   const det = document.createElement("details");
   det.className = "sources";
-  det.open = true;
   const sum = document.createElement("summary");
-  sum.textContent = t("sources");
+  sum.textContent = t("sourcesN", { n: sources.length });
   const ol = document.createElement("ol");
   for (const s of sources) {
     const li = document.createElement("li");
@@ -280,7 +305,10 @@ async function openConversation(id) {
   $("#mode").value = c.mode;
   showMessages(c.messages);
   showDocs(c.documents);
+  const s = state.streams.get(c.id);
+  if (s) attachStream(s);  // still streaming in this page: show it live, not the last saved text
   updateButtons();
+  updateLibraryNote();
   closeSidebar();
   refreshList();
 }
@@ -293,6 +321,7 @@ function newChat() {
   showMessages([]);
   showDocs([]);
   updateButtons();
+  updateLibraryNote();
   refreshList();
   closeSidebar();
   $("#prompt").focus();
@@ -307,17 +336,68 @@ async function ensureConversation() {
 }
 
 function updateButtons() {
-  const busy = !!(state.streaming && state.conv && state.streaming.cid === state.conv.id);
+  const busy = !!(state.conv && state.streams.has(state.conv.id));
   $("#stop").disabled = !busy;
   $("#send").disabled = busy;
   const hasUser = !!document.querySelector("#messages .msg.user");
   $("#regenerate").disabled = busy || !hasUser;
 }
 
+function notice(text) {
+  // A short line by the composer for "nothing happened, and here is why".
+  const el = $("#notice");
+  el.textContent = text;
+  el.hidden = !text;
+}
+
+// ---------------------------------------------------------------- streams
+// One record per conversation answering in this page. The record, not the DOM, holds the
+// answer: switching chats detaches the element, and coming back attaches a fresh one.
+function attachStream(s) {
+  const box = $("#messages");
+  let el = s.id ? box.querySelector(`.msg.assistant[data-id="${s.id}"]`) : null;
+  const fresh = messageEl({ role: "assistant", id: s.id, content: "", status: s.status });
+  fresh.setAttribute("aria-busy", "true");
+  if (el) el.replaceWith(fresh);
+  else {
+    if (s.question && ![...box.querySelectorAll(".msg.user")].some((u) => u.querySelector(".body").textContent === s.question)) {
+      box.append(messageEl({ role: "user", content: s.question }));
+    }
+    box.append(fresh);
+  }
+  $("#empty").hidden = true;
+  s.el = fresh;
+  setSources(fresh, s.sources || []);
+  paintStream(s);
+  scrollDown();
+}
+
+function paintStream(s) {
+  s.pending = false;
+  const el = s.el;
+  if (!el || !el.isConnected) return;
+  el.dataset.position = s.position || "";
+  renderMarkdown(el.querySelector(".body"), s.text, s.finished);
+  setState(el, s.status, s.error, s.code);
+  if (s.finished) el.removeAttribute("aria-busy");
+  if (state.conv && state.conv.id === s.cid) scrollDown();
+}
+
+function schedulePaint(s) {
+  if (!s.pending) { s.pending = true; requestAnimationFrame(() => paintStream(s)); }
+}
+
 // ---------------------------------------------------------------- sending
 async function send(content, regenerate) {
-  const conv = await ensureConversation();
-  if (state.streaming) return;
+  let conv;
+  try {
+    conv = await ensureConversation();
+  } catch (e) {
+    notice(t("sendFailed", { msg: e.message }));
+    return;
+  }
+  if (state.streams.has(conv.id)) { notice(t("busyHere")); return; }
+  notice("");
   $("#empty").hidden = true;
   const box = $("#messages");
   if (regenerate) {
@@ -327,29 +407,23 @@ async function send(content, regenerate) {
   } else {
     box.append(messageEl({ role: "user", content }));
   }
-  const el = messageEl({ role: "assistant", content: "", status: "streaming" });
-  el.setAttribute("aria-busy", "true");  // screen readers announce the answer once, when complete
-  box.append(el);
-  scrollDown();
-  const controller = new AbortController();
-  state.streaming = { cid: conv.id, controller };
-  updateButtons();
-  let text = "";
-  let pending = false;
-  let finished = false;
-  const paint = () => {
-    pending = false;
-    if (finished) return;  // a frame queued before the end must not undo the final render
-    renderMarkdown(el.querySelector(".body"), text, false);
-    setState(el, el.dataset.state);
-    scrollDown();
+  const s = {
+    cid: conv.id, controller: new AbortController(), id: null, text: "", status: "streaming", error: null,
+    code: null, position: null, sources: [], question: regenerate ? null : content, el: null, finished: false, pending: false,
   };
+  s.el = messageEl({ role: "assistant", content: "", status: "streaming" });
+  s.el.setAttribute("aria-busy", "true");  // screen readers announce the answer once, when complete
+  box.append(s.el);
+  scrollDown();
+  state.streams.set(conv.id, s);
+  updateButtons();
+  schedulePoll();
   try {
     const res = await fetch(`/api/conversations/${conv.id}/messages`, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify(regenerate ? { regenerate: true } : { content }),
-      signal: controller.signal,
+      signal: s.controller.signal,
     });
     if (!res.ok) {
       const b = await res.json().catch(() => ({}));
@@ -367,106 +441,199 @@ async function send(content, regenerate) {
         const line = buf.slice(0, i).trim();
         buf = buf.slice(i + 2);
         if (!line.startsWith("data:")) continue;
-        const ev = JSON.parse(line.slice(5));
-        if (ev.type === "begin") {
-          el.dataset.id = ev.id;
-          setSources(el, ev.sources || []);
-          if (ev.title && !state.conv.title) {
-            state.conv.title = ev.title;
-            $("#conv-title").textContent = ev.title;
-          }
-          refreshList();
-        } else if (ev.type === "queued") {
-          el.dataset.position = ev.position;
-          setState(el, "queued");
-        } else if (ev.type === "start") {
-          setState(el, "streaming");
-          showBackend(ev.backend);
-        } else if (ev.type === "retry") {
-          el.querySelector(".state").textContent = t("retrying");
-        } else if (ev.type === "delta") {
-          text += ev.text;
-          if (!pending) { pending = true; requestAnimationFrame(paint); }
-        } else if (ev.type === "done" || ev.type === "stopped" || ev.type === "error") {
-          finished = true;
-          text = ev.content ?? text;
-          renderMarkdown(el.querySelector(".body"), text, true);
-          setState(el, ev.type, ev.error);
-        }
+        onEvent(s, JSON.parse(line.slice(5)));
       }
     }
   } catch (e) {
-    finished = true;
-    if (e.name !== "AbortError") {
-      renderMarkdown(el.querySelector(".body"), text, true);
-      setState(el, "error", e.message);
+    if (e.name !== "AbortError" && !s.finished) {
+      s.finished = true;
+      s.status = "error";
+      s.error = e.message;
+      paintStream(s);
     }
   } finally {
-    if (el.dataset.state === "streaming" || el.dataset.state === "queued") {
-      finished = true;
-      renderMarkdown(el.querySelector(".body"), text, true);
-      setState(el, "stopped");
+    if (!s.finished) {
+      s.finished = true;
+      s.status = "stopped";
+      paintStream(s);
     }
-    el.removeAttribute("aria-busy");
-    state.streaming = null;
+    state.streams.delete(conv.id);
     updateButtons();
     refreshList();
     pollStatus();
   }
 }
 
+function onEvent(s, ev) {
+  if (ev.sessions) setSessions(ev.sessions);
+  if (ev.type === "begin") {
+    s.id = ev.id;
+    if (s.el) s.el.dataset.id = ev.id;
+    s.sources = ev.sources || [];
+    if (s.el && s.el.isConnected) setSources(s.el, s.sources);
+    if (ev.title && state.conv && state.conv.id === s.cid && !state.conv.title) {
+      state.conv.title = ev.title;
+      $("#conv-title").textContent = ev.title;
+    }
+    refreshList();
+  } else if (ev.type === "queued") {
+    s.position = ev.position;
+    s.status = "queued";
+    paintStream(s);
+  } else if (ev.type === "loading") {
+    s.status = "loading";
+    setHealth({ state: "loading" });
+    paintStream(s);
+  } else if (ev.type === "start") {
+    s.status = "streaming";
+    state.lastBackend = ev.backend;
+    setHealth({ state: "ok" });
+    paintStream(s);
+  } else if (ev.type === "retry") {
+    if (s.el && s.el.isConnected) s.el.querySelector(".state").textContent = t("retrying");
+  } else if (ev.type === "delta") {
+    s.text += ev.text;
+    schedulePaint(s);
+  } else if (ev.type === "done" || ev.type === "stopped" || ev.type === "error") {
+    s.finished = true;
+    s.text = ev.content ?? s.text;
+    s.status = ev.type;
+    s.error = ev.error;
+    s.code = ev.code;
+    if (ev.code === "backend_down") setHealth({ state: "down", detail: ev.error });
+    paintStream(s);
+  }
+}
+
 async function stop() {
-  const s = state.streaming;
+  const s = state.conv && state.streams.get(state.conv.id);
   if (!s) return;
   // Tell the server first so it saves the partial answer as stopped; the abort is the fallback.
   await fetch(`/api/conversations/${s.cid}/stop`, { method: "POST" }).catch(() => {});
 }
 
 // ---------------------------------------------------------------- uploads
+function uploadError(status, message) {
+  // The server's words are English; the user gets their own language, and the detail on hover.
+  if (status === 413 || /larger than|too large|too big/i.test(message)) return t("uploadTooBig");
+  if (/unsupported file type/i.test(message)) return t("uploadType");
+  if (/no text|empty/i.test(message)) return t("uploadEmpty");
+  return t("uploadFailed");
+}
+
 async function upload(file) {
   const conv = await ensureConversation();
   const chip = document.createElement("span");
   chip.className = "chip";
   chip.textContent = t("uploading", { name: file.name });
   $("#docs").append(chip);
+  let status = 0;
   try {
     const res = await fetch(`/api/conversations/${conv.id}/documents`, {
       method: "POST",
       headers: { "x-filename": encodeURIComponent(file.name), "content-type": "application/octet-stream" },
       body: file,
     });
-    const b = await res.json();
+    status = res.status;
+    const b = await res.json().catch(() => ({}));
     if (!res.ok) throw new Error(b.error ? b.error.message : res.statusText);
     chip.remove();
-    await openConversation(conv.id);
-    $("#backend").textContent = t("uploaded", { name: b.name, chunks: b.chunks });
+    if (state.conv && state.conv.id === conv.id) await openConversation(conv.id);
   } catch (e) {
-    chip.textContent = e.message;
-    chip.classList.add("bad");
+    chip.className = "chip bad";
+    chip.setAttribute("role", "alert");
+    chip.title = e.message;
+    const text = document.createElement("span");
+    text.textContent = file.name + ": " + uploadError(status, e.message);
+    const rm = document.createElement("button");
+    rm.type = "button";
+    rm.textContent = "✕";
+    rm.setAttribute("aria-label", t("dismiss"));
+    rm.addEventListener("click", () => chip.remove());
+    chip.replaceChildren(text, rm);
   }
 }
 
-// ---------------------------------------------------------------- status
-function showBackend(b) {
+// ---------------------------------------------------------------- status chip
+// One compact line (state · model · n/limit); the details, in plain words, on hover.
+function setSessions(s) {
+  state.sessions = s;
+  renderChip();
+}
+
+function setHealth(h) {
+  state.health = { ...(state.health || {}), ...h };
+  renderChip();
+  schedulePoll();
+}
+
+function renderChip() {
   const el = $("#backend");
-  const s = state.status ? state.status.sessions : null;
-  if (!b) {
-    // Before the first lookup ends (mDNS may wait fallback_timeout) this is "looking", not "none".
-    el.textContent = t("finding");
-    return;
+  const st = state.status;
+  const h = state.health || {};
+  const b = (st && st.backend) || state.lastBackend;
+  const sess = state.sessions || (st && st.sessions);
+  const kind = h.state === "ok" ? "ok" : h.state === "loading" ? "loading"
+    : h.state === "down" || h.state === "error" ? "bad" : "finding";
+  el.dataset.state = kind;
+  el.classList.toggle("bad", kind === "bad");
+  const parts = [kind === "ok" ? t("connected") : kind === "loading" ? t("chipLoading")
+    : h.state === "error" ? t("chipError") : kind === "bad" ? t("chipDown") : t("finding")];
+  const model = st && st.model;
+  if (kind === "ok" && model) parts.push(model);
+  if (sess) {
+    parts.push(`${sess.active}/${sess.limit}` + (sess.queued ? " · " + t("queuedN", { n: sess.queued }) : ""));
+    el.dataset.active = sess.active;
+    el.dataset.queued = sess.queued;
+    el.dataset.limit = sess.limit;
   }
-  el.classList.remove("bad");
-  const how = t("how_" + b.how, { ms: state.status ? state.status.discovery.fallback_timeout : "" });
-  el.textContent = t("backendVia", { url: b.base_url, how }) + (s ? " · " + t("sessions", s) : "");
-  el.dataset.how = b.how;
-  el.dataset.url = b.base_url;
+  el.querySelector(".label").textContent = parts.join(" · ");
+  const url = b ? b.base_url : st && st.backend_url;
+  if (b) {
+    el.dataset.how = b.how;
+    el.dataset.url = b.base_url;
+  }
+  const lines = [];
+  if (url) lines.push(t("tipBackend", { url }) + (b ? " (" + t("how_" + b.how) + ")" : ""));
+  lines.push(t("tipState_" + (h.state || "finding")) + (h.detail && kind === "bad" ? ": " + h.detail : ""));
+  if (model) lines.push(t("tipModel", { model }));
+  if (sess) lines.push(t("sessions", sess));
+  const lib = st && st.library;
+  if (lib) lines.push(lib.documents ? t("tipLibrary", { n: lib.documents }) : t("libraryEmptyShort"));
+  el.title = lines.join("\n");
+  el.setAttribute("aria-label", parts.join(", ") + ". " + lines.join(". "));
 }
 
 async function pollStatus() {
   try {
-    state.status = await api("/api/status");
-    showBackend(state.status.backend);
+    const st = await api("/api/status");
+    state.status = st;
+    state.sessions = st.sessions;
+    state.health = st.health || { state: "finding" };
+    if (st.default_mode && st.default_mode !== state.defaultMode && !state.modeChosen) {
+      state.defaultMode = st.default_mode;
+      if (!state.conv) $("#mode").value = st.default_mode;
+    }
+    renderChip();
+    updateLibraryNote();
   } catch (e) { /* the front end itself restarting; try again on the next tick */ }
+  schedulePoll();
+}
+
+function schedulePoll() {
+  // Quick while something changes (an answer streaming, the back end loading or away), slow when calm.
+  const h = state.health ? state.health.state : "finding";
+  const s = state.sessions;
+  const busy = state.streams.size > 0 || h !== "ok" || (s && (s.active > 0 || s.queued > 0));
+  clearTimeout(state.pollTimer);
+  state.pollTimer = setTimeout(pollStatus, busy ? 1500 : 10000);
+}
+
+function updateLibraryNote() {
+  // Customer service answers only from the library: say so when there is none.
+  const lib = state.status && state.status.library;
+  const empty = !!lib && !lib.documents;
+  $("#library-note").hidden = !(empty && $("#mode").value === "service");
 }
 
 // ---------------------------------------------------------------- settings (admin)
@@ -484,8 +651,11 @@ async function openSettings() {
     ta.value = m.prompt;
     ta.disabled = !admin;
     ta.setAttribute("aria-label", t("mode_" + m.id));
+    const row = document.createElement("div");
+    row.className = "row";
     const save = document.createElement("button");
     save.type = "button";
+    save.className = "save";
     save.textContent = t("save");
     save.disabled = !admin;
     save.addEventListener("click", async () => {
@@ -494,24 +664,47 @@ async function openSettings() {
     });
     const reset = document.createElement("button");
     reset.type = "button";
+    reset.className = "reset";
     reset.textContent = t("reset");
     reset.disabled = !admin;
     reset.addEventListener("click", async () => {
       const r = await api("/api/modes/" + m.id, { method: "DELETE" });
       ta.value = r.prompt;
+      save.textContent = t("save");  // "Saved" would now describe text that is gone
     });
-    fs.append(lg, ta, save, reset);
+    ta.addEventListener("input", () => { save.textContent = t("save"); });
+    row.append(save, reset);
+    fs.append(lg, ta, row);
     box.append(fs);
   }
   const lib = state.status && state.status.library;
   $("#library").textContent = lib && lib.docs_dir ? t("library", { dir: lib.docs_dir, files: lib.files }) : t("noLibrary");
-  $("#rescan").disabled = !admin;
-  $("#settings").showModal();
+  $("#rescan").disabled = !admin || !(lib && lib.docs_dir);
+  const dlg = $("#settings");
+  dlg.showModal();
+  // Open at the top: the heading, not the first text box (whose focus would scroll the dialog).
+  $("#settings-title").focus();
+  box.scrollTop = 0;
+  for (const ta of box.querySelectorAll("textarea")) { ta.scrollTop = 0; ta.setSelectionRange(0, 0); }
 }
 
 // ---------------------------------------------------------------- sidebar (narrow screens)
+function sidebarOpen() {
+  return $("#sidebar").classList.contains("open");
+}
+
+function openSidebar() {
+  // The drawer starts below the top bar, so ☰ stays visible and closes it again.
+  document.documentElement.style.setProperty("--topbar-h", $(".topbar").getBoundingClientRect().bottom + "px");
+  $("#sidebar").classList.add("open");
+  $("#backdrop").hidden = false;
+  $("#toggle-sidebar").setAttribute("aria-expanded", "true");
+  $("#search").focus();
+}
+
 function closeSidebar() {
   $("#sidebar").classList.remove("open");
+  $("#backdrop").hidden = true;
   $("#toggle-sidebar").setAttribute("aria-expanded", "false");
 }
 
@@ -521,7 +714,8 @@ function init() {
     e.preventDefault();
     const ta = $("#prompt");
     const text = ta.value.trim();
-    if (!text || state.streaming) return;
+    if (!text) return;
+    if (state.conv && state.streams.has(state.conv.id)) { notice(t("busyHere")); return; }
     ta.value = "";
     send(text, false);
   });
@@ -531,6 +725,7 @@ function init() {
       $("#composer").requestSubmit();
     }
   });
+  $("#prompt").addEventListener("input", () => notice(""));
   $("#stop").addEventListener("click", stop);
   $("#regenerate").addEventListener("click", () => send("", true));
   $("#new-chat").addEventListener("click", newChat);
@@ -542,23 +737,24 @@ function init() {
   });
   $("#mode").addEventListener("change", async (e) => {
     state.defaultMode = e.target.value;
+    state.modeChosen = true;
+    updateLibraryNote();
     if (state.conv) {
       state.conv.mode = e.target.value;
       await api("/api/conversations/" + state.conv.id, { method: "PATCH", body: JSON.stringify({ mode: e.target.value }) });
     }
   });
-  $("#toggle-sidebar").addEventListener("click", () => {
-    const open = $("#sidebar").classList.toggle("open");
-    $("#toggle-sidebar").setAttribute("aria-expanded", String(open));
-    if (open) $("#search").focus();
-  });
+  $("#toggle-sidebar").addEventListener("click", () => (sidebarOpen() ? closeSidebar() : openSidebar()));
+  $("#backdrop").addEventListener("click", closeSidebar);
   $("#open-settings").addEventListener("click", openSettings);
   $("#rescan").addEventListener("click", async () => {
     const r = await api("/api/library/rescan", { method: "POST" });
     $("#library").textContent = t("library", { dir: r.docs_dir || "-", files: r.files });
+    pollStatus();
   });
   document.addEventListener("keydown", (e) => {
-    if (e.key === "Escape" && state.streaming) { e.preventDefault(); stop(); }
+    if (e.key === "Escape" && sidebarOpen()) { e.preventDefault(); closeSidebar(); $("#toggle-sidebar").focus(); }
+    else if (e.key === "Escape" && state.conv && state.streams.has(state.conv.id)) { e.preventDefault(); stop(); }
     else if ((e.ctrlKey || e.metaKey) && e.shiftKey && (e.key === "O" || e.key === "o")) { e.preventDefault(); newChat(); }
     else if ((e.ctrlKey || e.metaKey) && (e.key === "k" || e.key === "K")) { e.preventDefault(); $("#search").focus(); }
   });
@@ -570,9 +766,8 @@ function init() {
   const m = /c=([0-9a-f]+)/.exec(location.hash);
   if (m) openConversation(m[1]);
   else refreshList();
+  renderChip();
   pollStatus();
-  // A slow poll: enough to notice a re-discovered back end, negligible on the box's CPU.
-  setInterval(pollStatus, 10000);
   document.body.dataset.ready = "1";
 }
 
