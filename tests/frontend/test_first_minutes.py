@@ -253,3 +253,108 @@ def test_status_events_carry_the_counts(stub_backend: StubBackend, start_front: 
     assert all("sessions" in ev for ev in events)
     assert events[-1]["type"] == "done" and events[-1]["sessions"]["active"] == 0
     assert any(ev["sessions"]["active"] == 1 for ev in events if ev["type"] == "delta")
+
+
+# ---------------------------------------------------------------- 5. the default mode fits what is set up
+
+
+def test_default_mode_is_general_until_a_library_exists(stub_backend: StubBackend, start_front: Any, page: Any,
+                                                        tmp_path: Path) -> None:
+    fp = start_front(stub_backend.base_url)  # no --docs-dir: no knowledge base
+    open_chat(page, fp.url)
+    page.wait_for_selector("#backend[data-state='ok']", timeout=15_000)
+    assert page.locator("#mode").input_value() == "general"
+    assert page.locator("#library-note").is_hidden()
+    ask(page, "hello")
+    page.wait_for_selector("#messages .msg.assistant[data-state='done']")
+    cid = page.evaluate("location.hash.slice(3)")
+    assert httpx.get(fp.url + f"api/conversations/{cid}").json()["mode"] == "general"
+    # Customer service without a library: the page says why it cannot answer from documents.
+    page.select_option("#mode", "service")
+    page.wait_for_selector("#library-note:not([hidden])")
+    assert "knowledge base is empty" in page.locator("#library-note").inner_text()
+
+    # With a library, customer service is the default and the note is gone.
+    fp2 = start_front(stub_backend.base_url, "--docs-dir", str(DOCS), data_dir=tmp_path / "front-lib")
+    open_chat(page, fp2.url)
+    page.wait_for_function("() => document.querySelector('#mode').value === 'service'", timeout=30_000)
+    assert page.locator("#library-note").is_hidden()
+
+
+def test_clawlan_run_accepts_the_front_end_options(tmp_path: Path) -> None:
+    from clawlan.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--docs-dir", str(tmp_path), "--front-port", "9090",
+                                      "--max-sessions", "3", "--kiosk", "--port", "8085"])
+    assert args.port == 8085 and args.front_port == 9090  # --port stays the server's
+    from clawlan.frontend.command import run_args
+
+    assert run_args(args) == ["--docs-dir", str(tmp_path), "--max-sessions", "3", "--kiosk"]
+    front = build_parser().parse_args(["front", *run_args(args)])  # the front end takes what run passes on
+    assert front.docs_dir == str(tmp_path) and front.max_sessions == 3 and front.kiosk
+
+
+# ---------------------------------------------------------------- 7. upload errors
+
+
+def test_upload_error_is_a_distinct_dismissible_chip_in_the_page_language(
+    stub_backend: StubBackend, start_front: Any, browser: Any, tmp_path: Path
+) -> None:
+    fp = start_front(stub_backend.base_url)
+    bad = tmp_path / "photo.png"
+    bad.write_bytes(b"\x89PNG not a document")
+    good = tmp_path / "notes.txt"
+    good.write_text("The printer is on the second floor.", encoding="utf-8")
+    ctx = browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 800})
+    try:
+        pg = ctx.new_page()
+        open_chat(pg, fp.url)
+        pg.wait_for_selector("#backend[data-state='ok']", timeout=15_000)
+        chip_before = pg.locator("#backend").inner_text()
+        pg.set_input_files("#file", str(bad))
+        err = pg.locator("#docs .chip.bad")
+        err.wait_for(timeout=15_000)
+        assert "不是" in err.inner_text() and "unsupported" not in err.inner_text()  # Chinese, plain
+        assert err.evaluate("e => getComputedStyle(e).color") != pg.locator("#backend").evaluate(
+            "e => getComputedStyle(e).color")
+        err.locator("button").click()  # ✕ dismisses it
+        pg.wait_for_function("() => !document.querySelector('#docs .chip.bad')")
+        pg.set_input_files("#file", str(good))
+        pg.wait_for_selector("#docs .chip button[aria-label*='notes.txt']", timeout=15_000)
+        assert "notes.txt" not in pg.locator("#backend").inner_text()  # not written into the status
+        assert pg.locator("#backend").inner_text() == chip_before
+    finally:
+        ctx.close()
+
+
+# ---------------------------------------------------------------- 8. the prompts dialog
+
+
+def test_prompts_dialog_fits_and_behaves(stub_backend: StubBackend, start_front: Any, page: Any) -> None:
+    fp = start_front(stub_backend.base_url)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    open_chat(page, fp.url)
+    page.click("#open-settings")
+    page.wait_for_selector("#settings[open]")
+    # Opens at the top: the dialog and the first prompt unscrolled.
+    assert page.evaluate("document.querySelector('#prompt-editors').scrollTop") == 0
+    assert page.evaluate("document.querySelector('#prompt-editors textarea').scrollTop") == 0
+    assert page.locator("#settings-title").bounding_box()["y"] >= 0
+    # Close is on screen at 800 px.
+    close = page.locator("#settings button[value='close']").bounding_box()
+    assert close["y"] + close["height"] <= 800
+    # No docs folder: nothing to re-read.
+    assert page.locator("#rescan").is_disabled()
+    # Save and Reset are apart; "Saved" goes away after Reset.
+    fs = page.locator("#prompt-editors fieldset").first
+    save, reset = fs.locator("button.save"), fs.locator("button.reset")
+    gap = reset.bounding_box()["x"] - (save.bounding_box()["x"] + save.bounding_box()["width"])
+    assert gap >= 6
+    fs.locator("textarea").fill("Be brief.")
+    save.click()
+    page.wait_for_function("() => document.querySelector('#prompt-editors button.save').textContent === 'Saved'")
+    reset.click()
+    page.wait_for_function("() => document.querySelector('#prompt-editors textarea').value !== 'Be brief.'")
+    assert save.inner_text() == "Save"
+    page.click("#settings button[value='close']")
+    page.wait_for_selector("#settings:not([open])", state="attached")
