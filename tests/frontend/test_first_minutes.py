@@ -358,3 +358,19 @@ def test_prompts_dialog_fits_and_behaves(stub_backend: StubBackend, start_front:
     assert save.inner_text() == "Save"
     page.click("#settings button[value='close']")
     page.wait_for_selector("#settings:not([open])", state="attached")
+
+
+# ---------------------------------------------------------------- 10. the answer's language
+
+
+def test_the_model_is_told_to_answer_in_the_question_language(stub_backend: StubBackend, start_front: Any,
+                                                               page: Any) -> None:
+    fp = start_front(stub_backend.base_url)
+    open_chat(page, fp.url)
+    ask(page, "How many days of annual leave do I get?")
+    page.wait_for_selector("#messages .msg.assistant[data-state='done']")
+    assert stub_backend.requests[-1]["messages"][0]["content"].endswith("Answer in English.")
+    page.click("#new-chat")
+    ask(page, "年假有几天？")
+    page.wait_for_selector("#messages .msg.assistant[data-state='done']")
+    assert stub_backend.requests[-1]["messages"][0]["content"].endswith("请用中文回答。")

@@ -359,7 +359,7 @@ class Frontend:
         return message, min(max(wait_s, 0.5), 5.0)
 
     def chat_body(self, conv: dict[str, Any], mid: int, question: str, hits: list[Hit]) -> dict[str, Any]:
-        msgs = [{"role": "system", "content": system_message(self.prompt(conv["mode"]), hits)}]
+        msgs = [{"role": "system", "content": system_message(self.prompt(conv["mode"]), hits, question)}]
         msgs += self.history(conv["id"], mid)
         if msgs[-1]["role"] != "user":
             msgs.append({"role": "user", "content": question})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from clawlan.frontend.retrieval import Hit
@@ -77,11 +78,30 @@ DEFAULT_MODE = "general"
 LIBRARY_MODE = "service"
 
 
-def system_message(prompt: str, hits: list[Hit]) -> str:
-    """The system prompt plus the numbered snippets the answer must cite."""
-    if not hits:
-        return prompt
-    lines = [prompt, "", "参考资料 / Reference snippets:"]
-    for i, h in enumerate(hits, 1):
-        lines.append(f"[{i}] ({h.doc_name}) {h.text}")
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+def question_language(text: str) -> str:
+    """"zh", "en", or "" (neither): what the question is mostly written in (a Chinese character weighs as a word)."""
+    cjk = len(_CJK.findall(text))
+    latin_words = len(re.findall(r"[A-Za-z]+", text))
+    return "zh" if cjk and cjk >= latin_words else "en" if _LATIN.search(text) else ""
+
+
+# Said last, where a small model heeds it most: the bilingual prompts open in Chinese, and without
+# this an English question got a Chinese answer.
+REPLY_IN = {"en": "Answer in English.", "zh": "请用中文回答。"}
+
+
+def system_message(prompt: str, hits: list[Hit], question: str = "") -> str:
+    """The system prompt, the numbered snippets the answer must cite, and the language to answer in."""
+    lines = [prompt]
+    if hits:
+        lines += ["", "参考资料 / Reference snippets:"]
+        for i, h in enumerate(hits, 1):
+            lines.append(f"[{i}] ({h.doc_name}) {h.text}")
+    lang = question_language(question)
+    if lang:
+        lines += ["", REPLY_IN[lang]]
     return "\n".join(lines)
