@@ -374,3 +374,46 @@ def test_the_model_is_told_to_answer_in_the_question_language(stub_backend: Stub
     ask(page, "年假有几天？")
     page.wait_for_selector("#messages .msg.assistant[data-state='done']")
     assert stub_backend.requests[-1]["messages"][0]["content"].endswith("请用中文回答。")
+
+
+# ---------------------------------------------------------------- 11. dialogs, icon, dated titles, links
+
+
+def test_rename_delete_in_page_dated_titles_icon_and_inert_links(stub_backend: StubBackend, start_front: Any,
+                                                                 page: Any) -> None:
+    stub_backend.reply = "See [the portal](https://evil.example/login) or https://10.0.0.9/x for details."
+    fp = start_front(stub_backend.base_url)
+    native: list[str] = []
+    page.on("dialog", lambda d: (native.append(d.type), d.dismiss()))
+    open_chat(page, fp.url)
+    icon = page.evaluate("document.querySelector('link[rel=icon]').href")
+    assert httpx.get(icon).headers["content-type"].startswith("image/svg")
+    for _ in range(2):
+        page.click("#new-chat")
+        ask(page, "Hello")
+        page.wait_for_selector("#messages .msg.assistant[data-state='done']")
+    # Model-made links are text, with the address shown, not clickable.
+    body = page.locator("#messages .msg.assistant .body")
+    assert body.locator("a").count() == 0
+    assert "https://evil.example/login" in body.inner_text() and "https://10.0.0.9/x" in body.inner_text()
+    # Two "Hello" chats: each entry shows a time beside the title.
+    page.wait_for_function("() => document.querySelectorAll('#conv-list li').length === 2")
+    whens = page.locator("#conv-list li .when").all_inner_texts()
+    assert len(whens) == 2 and all(w.strip() for w in whens)
+    # Rename in a page dialog.
+    page.locator("#conv-list li").first.locator("button.rename").click()
+    page.wait_for_selector("#ask[open]")
+    page.fill("#ask-input", "Printer question")
+    page.click("#ask-ok")
+    page.wait_for_function("() => [...document.querySelectorAll('#conv-list .name')]"
+                           ".some(e => e.textContent === 'Printer question')")
+    # Delete asks in a page dialog; Cancel keeps it, Delete removes it.
+    page.locator("#conv-list li").first.locator("button.delete").click()
+    page.wait_for_selector("#ask[open]")
+    page.click("#ask button[value='cancel']")
+    assert page.locator("#conv-list li").count() == 2
+    page.locator("#conv-list li").first.locator("button.delete").click()
+    page.wait_for_selector("#ask[open]")
+    page.click("#ask-ok")
+    page.wait_for_function("() => document.querySelectorAll('#conv-list li').length === 1")
+    assert native == []  # no prompt() or confirm()

@@ -30,20 +30,23 @@ marked.use({
     html: ({ text }) => escapeHtml(text),
     // Images would fetch from wherever the model says; show the alt text instead.
     image: ({ text }) => escapeHtml(text || ""),
+    // Links the model made up go wherever it says: shown as text (the address beside it), never clickable.
+    link(token) {
+      const label = this.parser.parseInline(token.tokens);
+      const plain = token.text || "";
+      return token.href && token.href !== plain && token.href !== "mailto:" + plain
+        ? `${label} <span class="url">(${escapeHtml(token.href)})</span>` : label;
+    },
   },
 });
 
 const PURIFY = {
   ALLOWED_TAGS: ["p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "del", "code", "pre",
-    "blockquote", "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td", "input", "span"],
+    "blockquote", "ul", "ol", "li", "table", "thead", "tbody", "tr", "th", "td", "input", "span"],
   ALLOWED_ATTR: ["href", "title", "class", "type", "checked", "disabled", "start", "align"],
   ALLOW_DATA_ATTR: false,
 };
 DOMPurify.addHook("afterSanitizeAttributes", (node) => {
-  if (node.tagName === "A") {
-    node.setAttribute("target", "_blank");
-    node.setAttribute("rel", "noopener noreferrer");
-  }
   if (node.tagName === "INPUT" && node.getAttribute("type") !== "checkbox") node.remove();
 });
 
@@ -219,6 +222,14 @@ async function api(path, opts = {}) {
   return body;
 }
 
+function shortTime(epoch) {
+  const d = new Date(epoch * 1000);
+  const now = new Date();
+  const lang = document.documentElement.lang;
+  if (d.toDateString() === now.toDateString()) return d.toLocaleTimeString(lang, { hour: "2-digit", minute: "2-digit" });
+  return d.toLocaleDateString(lang, { month: "short", day: "numeric" });
+}
+
 async function refreshList() {
   const q = $("#search").value.trim();
   const { data } = await api("/api/conversations" + (q ? "?q=" + encodeURIComponent(q) : ""));
@@ -232,7 +243,15 @@ async function refreshList() {
     const open = document.createElement("button");
     open.type = "button";
     open.className = "open";
-    open.textContent = c.title || t("untitled");
+    // Titles repeat ("Hello"); the time tells them apart.
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = c.title || t("untitled");
+    const when = document.createElement("span");
+    when.className = "when";
+    when.textContent = shortTime(c.updated);
+    open.append(name, when);
+    open.title = (c.title || t("untitled")) + " · " + new Date(c.updated * 1000).toLocaleString();
     if (state.conv && c.id === state.conv.id) open.setAttribute("aria-current", "true");
     open.addEventListener("click", () => openConversation(c.id));
     const ren = document.createElement("button");
@@ -254,8 +273,28 @@ async function refreshList() {
   }
 }
 
+// In-page dialogs instead of prompt()/confirm(): translated, styled, and not blocked by kiosk browsers.
+function ask({ title, value = null, ok, danger = false }) {
+  const dlg = $("#ask");
+  $("#ask-title").textContent = title;
+  const input = $("#ask-input");
+  input.hidden = value === null;
+  input.value = value ?? "";
+  const okBtn = $("#ask-ok");
+  okBtn.textContent = ok;
+  okBtn.classList.toggle("danger", danger);
+  return new Promise((resolve) => {
+    dlg.addEventListener("close", () => {
+      resolve(dlg.returnValue === "ok" ? (value === null ? true : input.value.trim()) : null);
+    }, { once: true });
+    dlg.returnValue = "";
+    dlg.showModal();
+    if (value !== null) { input.focus(); input.select(); } else okBtn.focus();
+  });
+}
+
 async function renameConversation(c) {
-  const title = prompt(t("renamePrompt"), c.title || "");
+  const title = await ask({ title: t("renamePrompt"), value: c.title || "", ok: t("save") });
   if (title === null) return;
   await api("/api/conversations/" + c.id, { method: "PATCH", body: JSON.stringify({ title }) });
   if (state.conv && state.conv.id === c.id) {
@@ -266,7 +305,7 @@ async function renameConversation(c) {
 }
 
 async function deleteConversation(c) {
-  if (!confirm(t("deleteConfirm"))) return;
+  if (!(await ask({ title: t("deleteConfirm") + (c.title ? " " + c.title : ""), ok: t("delete"), danger: true }))) return;
   await api("/api/conversations/" + c.id, { method: "DELETE" });
   if (state.conv && state.conv.id === c.id) newChat();
   refreshList();
