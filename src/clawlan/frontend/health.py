@@ -41,9 +41,10 @@ def parse_health(status: int, body: Any) -> Health:
 
 
 class HealthProbe:
-    def __init__(self, ttl_s: float = 1.5, timeout_s: float = 1.0) -> None:
+    def __init__(self, ttl_s: float = 1.5, connect_s: float = 1.0, read_s: float = 3.0) -> None:
         self.ttl_s = ttl_s
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s))
+        # A refused or unanswered connection is "down" within a second; a slow answer is only slow.
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(read_s, connect=connect_s))
         self._cache: dict[str, tuple[float, Health]] = {}
         self._lock = asyncio.Lock()
 
@@ -59,8 +60,11 @@ class HealthProbe:
                 except ValueError:
                     body = None
                 h = parse_health(r.status_code, body)
-            except httpx.HTTPError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 h = Health("down", detail=type(exc).__name__)
+            except httpx.HTTPError as exc:
+                # Connected but slow or odd (a busy server on a busy box): not "down"; keep what was known.
+                h = hit[1] if hit else Health("ok", detail=f"slow to answer /health ({type(exc).__name__})")
             self._cache[base_url] = (time.monotonic(), h)
             return h
 
