@@ -417,3 +417,26 @@ def test_rename_delete_in_page_dated_titles_icon_and_inert_links(stub_backend: S
     page.click("#ask-ok")
     page.wait_for_function("() => document.querySelectorAll('#conv-list li').length === 1")
     assert native == []  # no prompt() or confirm()
+
+
+def test_another_tab_follows_a_streaming_answer(stub_backend: StubBackend, start_front: Any, browser: Any) -> None:
+    stub_backend.reply = "one two three four five six seven eight"
+    stub_backend.gate = threading.Event()
+    fp = start_front(stub_backend.base_url)
+    ctx = browser.new_context(locale="en-US")
+    try:
+        a = ctx.new_page()
+        open_chat(a, fp.url)
+        ask(a, "slow please")
+        a.wait_for_function(f"() => {LAST} && {LAST}.querySelector('.body').textContent.includes('seven')",
+                            timeout=30_000)
+        b = ctx.new_page()
+        open_chat(b, fp.url + a.evaluate("location.hash"))
+        b.wait_for_function(f"() => {LAST} && {LAST}.querySelector('.body').textContent.includes('seven')",
+                            timeout=15_000)
+        stub_backend.gate.set()
+        b.wait_for_function(f"() => {LAST}.dataset.state === 'done'"
+                            f" && {LAST}.querySelector('.body').textContent.includes('eight')", timeout=15_000)
+    finally:
+        stub_backend.gate.set()
+        ctx.close()

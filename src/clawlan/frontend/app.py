@@ -249,6 +249,18 @@ class Frontend:
             # Every event carries the device-wide counts as of now, so the page's status chip is never stale.
             q.put_nowait({**ev, "sessions": self.limiter.snapshot()})
 
+        # New text is saved SAVE_EVERY_S after it arrives, also when the stream then stalls (a slow
+        # back end, a long tool call): another tab following the answer, or a crash, sees it.
+        pending_save: list[asyncio.TimerHandle] = []
+
+        def save_soon() -> None:
+            if not pending_save:
+                pending_save.append(asyncio.get_running_loop().call_later(SAVE_EVERY_S, save_now))
+
+        def save_now() -> None:
+            pending_save.clear()
+            self.store.update_message(mid, content=text)
+
         try:
             if not ticket.granted:
                 self.store.update_message(mid, status="queued")
@@ -291,7 +303,6 @@ class Frontend:
                         continue
                     break
                 put({"type": "start", "backend": backend.to_json()})
-                last_save = time.monotonic()
                 finished = False
                 try:
                     async for ev in sse_events(opened.chunks()):
@@ -305,11 +316,9 @@ class Frontend:
                             if delta:
                                 text += delta
                                 put({"type": "delta", "text": delta})
+                                save_soon()
                         if ev.get("usage"):
                             put({"type": "usage", "usage": ev["usage"]})
-                        if time.monotonic() - last_save > SAVE_EVERY_S:
-                            self.store.update_message(mid, content=text)
-                            last_save = time.monotonic()
                     if not finished:
                         # The stream ended without [DONE]: the server went away mid-answer.
                         raise UpstreamError("the connection to the back end closed before the answer finished")
@@ -332,6 +341,8 @@ class Frontend:
             error = f"{type(exc).__name__}: {exc}"
         finally:
             ticket.release()
+            for h in pending_save:
+                h.cancel()
             if error:
                 status = "error"
             self.store.update_message(mid, content=text, status=status, error=error)

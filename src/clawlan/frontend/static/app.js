@@ -346,6 +346,7 @@ async function openConversation(id) {
   showDocs(c.documents);
   const s = state.streams.get(c.id);
   if (s) attachStream(s);  // still streaming in this page: show it live, not the last saved text
+  else if (c.generating) followSaved(c.id);  // streaming for another tab: follow what it saves
   updateButtons();
   updateLibraryNote();
   closeSidebar();
@@ -409,6 +410,23 @@ function attachStream(s) {
   setSources(fresh, s.sources || []);
   paintStream(s);
   scrollDown();
+}
+
+async function followSaved(id) {
+  // The server saves a streaming answer every 0.5 s; re-read it until it is finished.
+  while (state.conv && state.conv.id === id && !state.streams.has(id)) {
+    await new Promise((r) => setTimeout(r, 700));
+    if (!state.conv || state.conv.id !== id || state.streams.has(id)) return;
+    let c;
+    try { c = await api("/api/conversations/" + id); } catch (e) { return; }
+    if (!state.conv || state.conv.id !== id || state.streams.has(id)) return;
+    const last = c.messages[c.messages.length - 1];
+    const el = last && $(`#messages .msg.assistant[data-id="${last.id}"]`);
+    if (el) el.replaceWith(messageEl(last));
+    else if (last) { showMessages(c.messages); }
+    updateButtons();
+    if (!c.generating) return;
+  }
 }
 
 function paintStream(s) {
