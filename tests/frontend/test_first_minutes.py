@@ -369,11 +369,11 @@ def test_the_model_is_told_to_answer_in_the_question_language(stub_backend: Stub
     open_chat(page, fp.url)
     ask(page, "How many days of annual leave do I get?")
     page.wait_for_selector("#messages .msg.assistant[data-state='done']")
-    assert stub_backend.requests[-1]["messages"][0]["content"].endswith("Answer in English.")
+    assert "\n\nAnswer in English." in stub_backend.requests[-1]["messages"][0]["content"]
     page.click("#new-chat")
     ask(page, "年假有几天？")
     page.wait_for_selector("#messages .msg.assistant[data-state='done']")
-    assert stub_backend.requests[-1]["messages"][0]["content"].endswith("请用中文回答。")
+    assert "\n\n请用中文回答。" in stub_backend.requests[-1]["messages"][0]["content"]
 
 
 # ---------------------------------------------------------------- 11. dialogs, icon, dated titles, links

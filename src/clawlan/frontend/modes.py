@@ -89,19 +89,21 @@ def question_language(text: str) -> str:
     return "zh" if cjk and cjk >= latin_words else "en" if _LATIN.search(text) else ""
 
 
-# Said last, where a small model heeds it most: the bilingual prompts open in Chinese, and without
-# this an English question got a Chinese answer.
+# Said right after the mode's prompt: the bilingual prompts open in Chinese, and without this an
+# English question got a Chinese answer.
 REPLY_IN = {"en": "Answer in English.", "zh": "请用中文回答。"}
 
 
 def system_message(prompt: str, hits: list[Hit], question: str = "") -> str:
     """The system prompt, the numbered snippets the answer must cite, and the language to answer in."""
     lines = [prompt]
-    if hits:
-        lines += ["", "参考资料 / Reference snippets:"]
-        for i, h in enumerate(hits, 1):
-            lines.append(f"[{i}] ({h.doc_name}) {h.text}")
     lang = question_language(question)
     if lang:
         lines += ["", REPLY_IN[lang]]
+    if hits:
+        # The snippets come last: a base model continues whatever ends the prompt, and repeating a
+        # snippet is less bad than repeating an instruction.
+        lines += ["", "参考资料 / Reference snippets:"]
+        for i, h in enumerate(hits, 1):
+            lines.append(f"[{i}] ({h.doc_name}) {h.text}")
     return "\n".join(lines)
