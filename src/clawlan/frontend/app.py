@@ -2,10 +2,13 @@
 
 Routes
     GET  /                              the chat page (all assets under /static, none from a CDN)
-    GET  /api/status                    back end in use and how it was found, session counts, render mode
+    GET  /api/status                    back end in use, how it was found and its health (ok, loading, down,
+                                        error), the model, session counts, library size, default mode
     GET  /api/conversations?q=          list / search;  POST creates
     GET|PATCH|DELETE /api/conversations/{id}
-    POST /api/conversations/{id}/messages     send (or regenerate); answers an SSE stream of events
+    POST /api/conversations/{id}/messages     send (or regenerate); answers an SSE stream of events (begin,
+                                              queued, loading, start, delta, usage, done|stopped|error), each
+                                              with the session counts
     POST /api/conversations/{id}/stop         stop the answer being generated
     POST /api/conversations/{id}/documents    upload (raw body, X-Filename header)
     GET|PUT|DELETE /api/modes[/{id}]          system prompts (admin)
