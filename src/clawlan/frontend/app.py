@@ -55,6 +55,7 @@ STATIC = Path(__file__).with_name("static")
 SAVE_EVERY_S = 0.5  # how often a streaming answer is written to SQLite
 HISTORY_CHARS = 6000
 KEEPALIVE_S = 5.0  # recent turns sent with a question; the back end's context is small
+RETRY_LOOKUP_MS = 1000  # mDNS wait for a chat request after one found the back end down
 LOAD_WAIT_S = 900.0  # a message sent while the model loads waits this long (a big model on a NUC is slow)
 
 
@@ -126,6 +127,7 @@ class Frontend:
         self.upstream = Upstream(self.discoverer, cfg.api_key)
         self.health = HealthProbe()
         self.last_backend_url: str | None = None  # the address the last chat request went to
+        self.backend_down = False  # the last chat request found no back end
         self.running: dict[str, asyncio.Task[None]] = {}  # conversation id -> generation task
         self.library_state: dict[str, Any] = {"docs_dir": cfg.docs_dir, "files": 0, "errors": []}
         self._page = (STATIC / "index.html").read_text(encoding="utf-8")
@@ -278,7 +280,9 @@ class Frontend:
             attempts = 0
             waiting_since = time.monotonic()
             while True:
-                target = await self.discoverer.aresolve()
+                # Right after a failure, mDNS has already had its fallback_timeout and a re-query: a Retry
+                # waits a second for an answer, not the full timeout, before trying the static address.
+                target = await self.discoverer.aresolve(RETRY_LOOKUP_MS if self.backend_down else None)
                 self.last_backend_url = target.base_url
                 try:
                     # retries=0: a down back end is reported at once (the page offers Retry), and a loading
@@ -292,6 +296,7 @@ class Frontend:
                 except UpstreamError as exc:
                     error, error_code = exc.message, "backend_down"
                     self.health.forget(target.base_url)  # the status chip turns red on the page's next poll
+                    self.backend_down = True
                     break
                 backend = opened.backend
                 self.store.update_message(mid, backend=backend.base_url)
@@ -306,6 +311,7 @@ class Frontend:
                         continue
                     break
                 put({"type": "start", "backend": backend.to_json()})
+                self.backend_down = False
                 finished = False
                 try:
                     async for ev in sse_events(opened.chunks()):
