@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 from tests.frontend.conftest import StubBackend, free_port
 
 from clawlan.frontend.health import HealthProbe, parse_health
@@ -22,14 +23,12 @@ def test_parse_health_reads_clawlan_and_llama_server_answers() -> None:
 def test_probe_says_down_then_up(stub_backend: StubBackend) -> None:
     async def run() -> tuple[str, str, str]:
         probe = HealthProbe(ttl_s=60)
-        try:
-            down = (await probe.check(f"http://127.0.0.1:{free_port()}")).state
-            up = (await probe.check(stub_backend.base_url)).state
+        async with httpx.AsyncClient() as client:
+            down = (await probe.check(f"http://127.0.0.1:{free_port()}", client)).state
+            up = (await probe.check(stub_backend.base_url, client)).state
             stub_backend.stop()
-            cached = (await probe.check(stub_backend.base_url)).state  # within ttl: the last answer
-            fresh = (await probe.check(stub_backend.base_url, fresh=True)).state
+            cached = (await probe.check(stub_backend.base_url, client)).state  # within ttl: the last answer
+            fresh = (await probe.check(stub_backend.base_url, client, fresh=True)).state
             return down, up, cached + "/" + fresh
-        finally:
-            await probe.close()
 
     assert asyncio.run(run()) == ("down", "ok", "ok/down")

@@ -40,10 +40,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from clawlan import __version__
-from clawlan.discovery.browser import Discoverer
+from clawlan.discovery.browser import Backend, Discoverer
 from clawlan.errors import ClawlanError, InvalidRequest, NotFound, RequestError
 from clawlan.frontend import documents
-from clawlan.frontend.health import HealthProbe
+from clawlan.frontend.health import Health, HealthProbe
 from clawlan.frontend.modes import DEFAULT_MODE, LIBRARY_MODE, MODES, system_message
 from clawlan.frontend.proxy import RETRYABLE, Opened, Upstream, UpstreamError, sse_events
 from clawlan.frontend.retrieval import Hit, Index, Segmenter
@@ -52,7 +52,6 @@ from clawlan.frontend.store import Store
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
-SAVE_EVERY_S = 0.5  # how often a streaming answer is written to SQLite
 HISTORY_CHARS = 6000
 KEEPALIVE_S = 5.0  # recent turns sent with a question; the back end's context is small
 RETRY_LOOKUP_MS = 1000  # mDNS wait for a chat request after one found the back end down
@@ -126,7 +125,7 @@ class Frontend:
         self.limiter = SessionLimiter(cfg.max_concurrent_sessions)
         self.upstream = Upstream(self.discoverer, cfg.api_key)
         self.health = HealthProbe()
-        self.last_backend_url: str | None = None  # the address the last chat request went to
+        self.last_backend: Backend | None = None  # where the last chat request went
         self.backend_down = False  # the last chat request found no back end
         self.running: dict[str, asyncio.Task[None]] = {}  # conversation id -> generation task
         self.library_state: dict[str, Any] = {"docs_dir": cfg.docs_dir, "files": 0, "errors": []}
@@ -149,7 +148,6 @@ class Frontend:
             with contextlib.suppress(BaseException):
                 await t
         await self.upstream.close()
-        await self.health.close()
         await asyncio.to_thread(self.discoverer.close)
         self.store.close()
 
@@ -192,6 +190,11 @@ class Frontend:
         self.library_state = {"docs_dir": folder, "files": len(seen), "errors": errors}
         log.info("library: %d files from %s", len(seen), folder)
         return self.library_state
+
+    async def backend_health(self, backend: Backend, *, fresh: bool = False) -> Health:
+        # The probe goes through the chat's own HTTP client, so it reaches the back end the way a
+        # chat does (with a trust-pinned client, that client: Upstream.client_for once it exists).
+        return await self.health.check(backend.base_url, self.upstream.client, fresh=fresh)
 
     def default_mode(self) -> str:
         """Customer service once the library has files; a general assistant until then."""
@@ -254,18 +257,6 @@ class Frontend:
             # Every event carries the device-wide counts as of now, so the page's status chip is never stale.
             q.put_nowait({**ev, "sessions": self.limiter.snapshot()})
 
-        # New text is saved SAVE_EVERY_S after it arrives, also when the stream then stalls (a slow
-        # back end, a long tool call): another tab following the answer, or a crash, sees it.
-        pending_save: list[asyncio.TimerHandle] = []
-
-        def save_soon() -> None:
-            if not pending_save:
-                pending_save.append(asyncio.get_running_loop().call_later(SAVE_EVERY_S, save_now))
-
-        def save_now() -> None:
-            pending_save.clear()
-            self.store.update_message(mid, content=text)
-
         try:
             if not ticket.granted:
                 self.store.update_message(mid, status="queued")
@@ -283,7 +274,7 @@ class Frontend:
                 # Right after a failure, mDNS has already had its fallback_timeout and a re-query: a Retry
                 # waits a second for an answer, not the full timeout, before trying the static address.
                 target = await self.discoverer.aresolve(RETRY_LOOKUP_MS if self.backend_down else None)
-                self.last_backend_url = target.base_url
+                self.last_backend = target
                 try:
                     # retries=0: a down back end is reported at once (the page offers Retry), and a loading
                     # one is waited for below, visibly, instead of inside the proxy's short retry window.
@@ -324,8 +315,10 @@ class Frontend:
                             delta = (choice.get("delta") or {}).get("content") or ""
                             if delta:
                                 text += delta
+                                # Stored before it is shown: a crash never loses text the user saw, and
+                                # another tab following this answer sees it even if the stream then stalls.
+                                self.store.update_message(mid, content=text)
                                 put({"type": "delta", "text": delta})
-                                save_soon()
                         if ev.get("usage"):
                             put({"type": "usage", "usage": ev["usage"]})
                     if not finished:
@@ -350,8 +343,6 @@ class Frontend:
             error = f"{type(exc).__name__}: {exc}"
         finally:
             ticket.release()
-            for h in pending_save:
-                h.cancel()
             if error:
                 status = "error"
             self.store.update_message(mid, content=text, status=status, error=error)
@@ -369,7 +360,7 @@ class Frontend:
             message = f"back end answered HTTP {code}"
         if code != 503:
             return message, None
-        health = await self.health.check(opened.backend.base_url, fresh=True)
+        health = await self.backend_health(opened.backend, fresh=True)
         if health.state == "error":  # the model failed to load: waiting will not help
             return health.detail or message, None
         try:
@@ -412,8 +403,8 @@ def build_app(cfg: FrontConfig) -> Starlette:
     async def status(request: Request) -> Response:
         cur = fe.discoverer.current
         # After a failure discovery forgets the address; probe the last one used, so "down" shows as down.
-        url = cur.base_url if cur else fe.last_backend_url
-        health = await fe.health.check(url) if url else None
+        probe = cur or fe.last_backend
+        health = await fe.backend_health(probe) if probe else None
         model = None
         if health and health.state == "ok" and cur:
             # /health names it on clawlan; otherwise /v1/models, asked once per address.
@@ -421,7 +412,7 @@ def build_app(cfg: FrontConfig) -> Starlette:
             model = None if model == "default" else model
         return JSONResponse({
             "backend": cur.to_json() if cur else None,
-            "backend_url": url,
+            "backend_url": probe.base_url if probe else None,
             "health": health.to_json() if health else None,
             "model": model,
             "default_mode": fe.default_mode(),

@@ -41,20 +41,22 @@ def parse_health(status: int, body: Any) -> Health:
 
 
 class HealthProbe:
+    """Asks through the caller's client (the one its chats use, so TLS trust and pooling are the same)."""
+
     def __init__(self, ttl_s: float = 1.5, connect_s: float = 1.0, read_s: float = 3.0) -> None:
         self.ttl_s = ttl_s
         # A refused or unanswered connection is "down" within a second; a slow answer is only slow.
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(read_s, connect=connect_s))
+        self.timeout = httpx.Timeout(read_s, connect=connect_s)
         self._cache: dict[str, tuple[float, Health]] = {}
         self._lock = asyncio.Lock()
 
-    async def check(self, base_url: str, *, fresh: bool = False) -> Health:
+    async def check(self, base_url: str, client: httpx.AsyncClient, *, fresh: bool = False) -> Health:
         async with self._lock:  # one probe at a time: a dozen open pages must not become a dozen probes
             hit = self._cache.get(base_url)
             if hit and not fresh and time.monotonic() - hit[0] < self.ttl_s:
                 return hit[1]
             try:
-                r = await self.client.get(base_url + "/health")
+                r = await client.get(base_url + "/health", timeout=self.timeout)
                 try:
                     body = r.json()
                 except ValueError:
@@ -70,6 +72,3 @@ class HealthProbe:
 
     def forget(self, base_url: str) -> None:
         self._cache.pop(base_url, None)
-
-    async def close(self) -> None:
-        await self.client.aclose()

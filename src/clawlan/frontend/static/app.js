@@ -211,7 +211,7 @@ function attachStream(s) {
 }
 
 async function followSaved(id) {
-  // The server saves a streaming answer every 0.5 s; re-read it until it is finished.
+  // The server saves a streaming answer as it goes; re-read it until it is finished.
   while (state.conv && state.conv.id === id && !state.streams.has(id)) {
     await new Promise((r) => setTimeout(r, 700));
     if (!state.conv || state.conv.id !== id || state.streams.has(id)) return;
