@@ -329,6 +329,82 @@ def table(r: dict) -> str:
     return "\n".join(rows)
 
 
+def host_profile(model: Model, threads: int, n_seqs: int = 8, max_tokens: int = 64, **cfg) -> dict:
+    """Host-side time per engine step outside ``llama_decode`` (issue 12: on a GPU the Python
+    work per step is the budget). The engine's steps run on this thread: once plain, for the
+    total, once under cProfile, for where it goes (cProfile inflates Python-heavy parts)."""
+    import cProfile
+    import pstats
+
+    import llama_cpp
+
+    from clawlan.engine import engine as engine_mod
+    from clawlan.engine import runner as runner_mod
+    from clawlan.engine import scheduler as scheduler_mod
+
+    real_decode = llama_cpp.llama_decode
+    in_decode = [0.0]
+
+    def timed_decode(ctx, batch):  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        try:
+            return real_decode(ctx, batch)
+        finally:
+            in_decode[0] += time.perf_counter() - t
+
+    def run(profiler: cProfile.Profile | None) -> dict:
+        eng = build_engine(
+            model,
+            EngineConfig(
+                batch_size=n_seqs, kv_tokens=n_seqs * 256, max_seq_tokens=256, threads=threads, max_wait_ms=0, **cfg
+            ),
+        )
+        rng = random.Random(3)
+        for _ in range(n_seqs):
+            req = Request(fresh_prompt(model, rng, 64), SamplingParams(max_tokens=max_tokens, temperature=0))
+            eng.add(req, lambda ev: None)
+        eng._drain()
+        while any(not s.decoding for s in eng.scheduler.running) or eng.scheduler.waiting:
+            eng.step()  # prompts first: only decode steps are measured
+        in_decode[0], steps, t0 = 0.0, 0, time.perf_counter()
+        if profiler:
+            profiler.enable()
+        while eng.scheduler.has_work():
+            eng.step()
+            steps += 1
+        if profiler:
+            profiler.disable()
+        wall = time.perf_counter() - t0
+        eng.context.close()
+        return {"steps": steps, "wall_s": wall, "decode_s": in_decode[0],
+                "host_ms_per_step": 1000 * (wall - in_decode[0]) / max(1, steps)}  # fmt: skip
+
+    llama_cpp.llama_decode = timed_decode
+    try:
+        plain = run(None)
+        prof = cProfile.Profile()
+        profiled = run(prof)
+    finally:
+        llama_cpp.llama_decode = real_decode
+    st = pstats.Stats(prof)
+    parts = {
+        "schedule": (scheduler_mod.__file__, "schedule"),
+        "shape + batch + llama_decode": (runner_mod.__file__, "decode_shaped"),
+        "sample (argmax / chains)": (runner_mod.__file__, "sample"),
+        "commit": (scheduler_mod.__file__, "commit"),
+        "postprocess (append, detokenize, events)": (engine_mod.__file__, "_postprocess"),
+        "flush events": (engine_mod.__file__, "flush"),
+    }
+    per_step = {}
+    for name, (file, func) in parts.items():
+        cum = sum(v[3] for k, v in st.stats.items() if k[0] == file and k[2] == func)  # type: ignore[attr-defined]
+        if name.startswith("shape"):
+            cum -= profiled["decode_s"]
+            name = "shape + batch (llama_decode excluded)"
+        per_step[name] = 1000 * cum / max(1, profiled["steps"])
+    return {"sequences": n_seqs, **cfg, "plain": plain, "profiled": profiled, "profiled_ms_per_step": per_step}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="GGUF file (default: the embedded model)")
@@ -338,9 +414,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one repetition, shorter runs (a smoke run)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each measurement (the best counts)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--host-profile", action="store_true", help="only the host time per decode step outside llama_decode")
+    ap.add_argument("--sequences", type=int, default=8, help="--host-profile: concurrent sequences")
+    ap.add_argument("--draft-tokens", type=int, default=8, help="--host-profile: EngineConfig.draft_tokens")
+    ap.add_argument("--device-greedy", action="store_true", help="--host-profile: greedy argmax in llama.cpp's graph")
     args = ap.parse_args(argv)
 
     path = Path(args.model) if args.model else embedded_model_path()
+    if args.host_profile:
+        cfg = {"draft_tokens": args.draft_tokens, **({"device_greedy": True} if args.device_greedy else {})}
+        print(json.dumps(host_profile(Model(path), args.threads, args.sequences, **cfg), indent=2))
+        return 0
     reps = 1 if args.quick else args.reps
     rng = random.Random(2)
     result: dict = {"model": path.name, "threads": args.threads, "machine": machine(), "started": time.time()}

@@ -110,7 +110,6 @@ def in_process(model: Path, w: Workload, args: argparse.Namespace, prompts: list
 
     from clawlan.engine.engine import EngineConfig, build_engine
     from clawlan.engine.llama import Model
-    from clawlan.engine.microbatch import row_quantum
     from clawlan.engine.request import Request, SamplingParams
     from clawlan.model.metadata import read_metadata
 
@@ -118,7 +117,7 @@ def in_process(model: Path, w: Workload, args: argparse.Namespace, prompts: list
     eng = build_engine(
         m,
         EngineConfig(batch_size=args.parallel, kv_tokens=args.kv_tokens, max_seq_tokens=args.kv_tokens // args.parallel,
-                     threads=args.threads, row_quantum=row_quantum(read_metadata(model).output_type, 0)),
+                     threads=args.threads, output_type=read_metadata(model).output_type),
     )  # fmt: skip
     eng.start()
 

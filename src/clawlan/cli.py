@@ -46,17 +46,39 @@ def build_parser() -> Parser:
     return parser
 
 
+def log_level(name: str | int | None) -> int:
+    """A ``--log-level`` value (``warning``, ``WARNING`` or a number) as logging's level number.
+
+    logging only knows upper-case names, and the flags advertise lower-case ones.
+    """
+    if name is None:
+        return logging.INFO
+    if isinstance(name, int):
+        return name
+    level = logging.getLevelName(name.upper())
+    if not isinstance(level, int):
+        raise ValueError(f"unknown log level {name!r}")
+    return level
+
+
+def setup_logging(name: str | int | None) -> None:
+    """One format for every subcommand, at the level asked for (info by default)."""
+    level = log_level(name)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=getattr(args, "log_level", None) or logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    try:
+        setup_logging(getattr(args, "log_level", None))
+    except ValueError as exc:  # a subcommand whose --log-level has no choices list
+        parser.error(f"--log-level: {exc}; use debug, info, warning or error")
     try:
         return int(args.func(args) or 0)
     except ClawlanError as exc:

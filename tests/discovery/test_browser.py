@@ -7,7 +7,6 @@ advertiser's own tests) never find each other's services.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,9 +19,13 @@ from tests.frontend.conftest import StubBackend
 from clawlan.discovery.browser import Discoverer
 
 zeroconf = pytest.importorskip("zeroconf")
-from zeroconf import IPVersion, ServiceInfo, Zeroconf  # noqa: E402
 
-LOOPBACK = ["127.0.0.1"]
+from tests.discovery.tls_stub import LOOPBACK, Advertiser, TLSStub  # noqa: E402
+
+from clawlan.discovery.trust import TrustStore  # noqa: E402
+
+# Only trusted (pinned) TLS servers are used from mDNS; these fingerprints stand for a pinned key.
+FP = "ab" * 32
 
 
 @pytest.fixture
@@ -30,30 +33,8 @@ def service_type() -> str:
     return f"_clw{uuid.uuid4().hex[:8]}._tcp.local."
 
 
-class Advertiser:
-    """Registers services the way the back end's advertiser does (same TXT contract)."""
-
-    def __init__(self, service_type: str) -> None:
-        self.type = service_type
-        self.zc = Zeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only)
-        self.info: ServiceInfo | None = None
-
-    def register(self, port: int, name: str = "test-server", model: str = "gemma-test") -> None:
-        self.info = ServiceInfo(
-            self.type, f"{name}.{self.type}", addresses=[socket.inet_aton("127.0.0.1")], port=port,
-            properties={"model": model, "api": "/v1", "version": "0.1.0", "auth": "0", "tls": "0"},
-            server=f"{name}.local.",
-        )
-        self.zc.register_service(self.info)
-
-    def unregister(self) -> None:
-        if self.info is not None:
-            self.zc.unregister_service(self.info)
-            self.info = None
-
-    def close(self) -> None:
-        self.unregister()
-        self.zc.close()
+def trusting(*fps: str) -> TrustStore:
+    return TrustStore(configured=list(fps))
 
 
 @pytest.fixture
@@ -64,12 +45,13 @@ def advertiser(service_type: str) -> Iterator[Advertiser]:
 
 
 def test_service_is_found_by_mdns(advertiser: Advertiser, service_type: str) -> None:
-    advertiser.register(18080)
-    d = Discoverer("mDNS", 5000, "http://10.9.9.9:8080", interfaces=LOOPBACK, service_type=service_type)
+    advertiser.register(18080, fingerprint=FP)
+    d = Discoverer("mDNS", 5000, "http://10.9.9.9:8080", interfaces=LOOPBACK, service_type=service_type,
+                   trust=trusting(FP))
     try:
         b = d.resolve()
-        assert b.how == "mDNS"
-        assert b.base_url == "http://127.0.0.1:18080"
+        assert b.how == "mDNS" and b.fingerprint == FP
+        assert b.base_url == "https://127.0.0.1:18080"
         assert b.model == "gemma-test"
         assert b.found_after_ms is not None and b.found_after_ms < 5000
     finally:
@@ -99,15 +81,16 @@ def test_static_skips_mdns() -> None:
 
 
 def test_rediscovers_a_moved_service(advertiser: Advertiser, service_type: str) -> None:
-    advertiser.register(18081)
-    d = Discoverer("mDNS", 5000, "http://10.9.9.9:8080", interfaces=LOOPBACK, service_type=service_type)
+    advertiser.register(18081, fingerprint=FP)
+    d = Discoverer("mDNS", 5000, "http://10.9.9.9:8080", interfaces=LOOPBACK, service_type=service_type,
+                   trust=trusting(FP))
     try:
-        assert d.resolve().base_url == "http://127.0.0.1:18081"
+        assert d.resolve().base_url == "https://127.0.0.1:18081"
         advertiser.unregister()  # the server restarts on another port (a DHCP change looks the same)
-        advertiser.register(18082)
-        d.invalidate("http://127.0.0.1:18081")
+        advertiser.register(18082, fingerprint=FP)
+        d.invalidate("https://127.0.0.1:18081")
         deadline = time.monotonic() + 5
-        while (b := d.resolve()).base_url != "http://127.0.0.1:18082":
+        while (b := d.resolve()).base_url != "https://127.0.0.1:18082":
             assert time.monotonic() < deadline, f"still at {b.base_url}"
             d.invalidate(b.base_url)
         assert b.how == "mDNS"
@@ -116,15 +99,16 @@ def test_rediscovers_a_moved_service(advertiser: Advertiser, service_type: str) 
 
 
 def test_late_service_replaces_fallback(advertiser: Advertiser, service_type: str) -> None:
-    d = Discoverer("mDNS", 300, "http://10.9.9.9:8080", interfaces=LOOPBACK, service_type=service_type)
+    d = Discoverer("mDNS", 300, "http://10.9.9.9:8080", interfaces=LOOPBACK, service_type=service_type,
+                   trust=trusting(FP))
     try:
         assert d.resolve().how == "fallback"
-        advertiser.register(18083)
+        advertiser.register(18083, fingerprint=FP)
         deadline = time.monotonic() + 5
         while (b := d.resolve()).how != "mDNS":
             assert time.monotonic() < deadline
             time.sleep(0.02)  # polling the discoverer; the announcement arrives on its own thread
-        assert b.base_url == "http://127.0.0.1:18083"
+        assert b.base_url == "https://127.0.0.1:18083"
     finally:
         d.close()
 
@@ -147,12 +131,13 @@ def start_front(tmp_path: Any) -> Iterator[Any]:
         fp.stop()
 
 
-def test_front_end_follows_backend_to_a_new_port(advertiser: Advertiser, service_type: str, start_front: Any) -> None:
-    """End to end: the front end finds the stub back end by mDNS; it restarts on another port; the next request works."""
-    stub = StubBackend().start()
-    advertiser.register(stub.port)
+def test_front_end_follows_backend_to_a_new_port(advertiser: Advertiser, service_type: str, start_front: Any,
+                                                  tmp_path: Any) -> None:
+    """End to end: the front end finds the (trusted, TLS) stub by mDNS; it restarts on another port; the next works."""
+    stub = TLSStub(tmp_path / "srv").start()
+    advertiser.register(stub.port, fingerprint=stub.fingerprint)
     fp = start_front("http://10.9.9.9:8080", "--discovery", "mDNS", "--mdns-interface", "127.0.0.1",
-                     "--mdns-service-type", service_type)
+                     "--mdns-service-type", service_type, "--trusted-backend", stub.fingerprint)
     try:
         c = httpx.post(fp.url + "api/conversations", json={}).json()
         url = fp.url + f"api/conversations/{c['id']}/messages"
@@ -168,8 +153,8 @@ def test_front_end_follows_backend_to_a_new_port(advertiser: Advertiser, service
         # Restart on a new port, re-advertised.
         stub.stop()
         advertiser.unregister()
-        stub2 = StubBackend().start()
-        advertiser.register(stub2.port)
+        stub2 = TLSStub(tmp_path / "srv").start()  # the same state dir: the same identity, as a restarted server
+        advertiser.register(stub2.port, fingerprint=stub2.fingerprint)
         try:
             ev = ask("second")
             assert ev[-1]["type"] == "done", ev[-1]

@@ -8,6 +8,7 @@ from engine_fakes import FakeClock, FakeMemory, FakeRunner, Harness
 from clawlan.engine.engine import Engine
 from clawlan.engine.host_cache import HostCache
 from clawlan.engine.kv_cache import KVCache
+from clawlan.engine.policy import cpu_policy, gpu_policy
 from clawlan.engine.scheduler import Scheduler
 
 
@@ -25,6 +26,7 @@ def make_harness():
         host_bytes: int = 0,
         mix_prefill: bool = True,
         streams: bool = False,
+        gpu: bool = False,
         **runner_kw,
     ) -> Harness:
         mem = FakeMemory(streams)
@@ -32,7 +34,10 @@ def make_harness():
         slots = n_slots or (batch_size if streams else 2 * batch_size)
         kv = KVCache(n_cells, slots, mem, host, streams=streams)
         rows = 2 * batch_size if draft_rows is None else draft_rows
-        sched = Scheduler(kv, batch_size, token_budget, max_wait_s, max_seq_tokens, draft_tokens, rows, mix_prefill)
+        policy = gpu_policy(streams) if gpu else cpu_policy(streams)
+        sched = Scheduler(
+            kv, batch_size, token_budget, max_wait_s, max_seq_tokens, draft_tokens, rows, mix_prefill, policy
+        )
         runner = FakeRunner(mem, **runner_kw)
         clock = FakeClock()
         return Harness(Engine(sched, runner, clock=clock), sched, kv, mem, runner, clock)
@@ -107,12 +112,13 @@ def make_real_engine(real_model):
 def reference_logits(real_model):
     """Logits after ``tokens`` from a fresh single-sequence context (the "run alone" oracle)."""
     from clawlan.engine.llama import Context
+    from clawlan.engine.microbatch import Part
 
     ctx = Context(real_model, n_ctx=2048, n_batch=2048, n_seq=1, threads=1)
 
     def logits(tokens: list[int]):
         ctx.clear()
-        status, rows = ctx.decode([(0, 0, tokens, 1)])
+        status, rows = ctx.decode([Part(0, 0, tokens, 1)])
         assert status == 0
         return ctx.logits(rows[0]).copy()
 

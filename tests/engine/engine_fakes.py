@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from clawlan.engine.engine import Engine
 from clawlan.engine.kv_cache import KVCache
 from clawlan.engine.request import Event, Request, SamplingParams
-from clawlan.engine.scheduler import Scheduler, Step
+from clawlan.engine.scheduler import Chunk, Scheduler, Step
 from clawlan.engine.sequence import Sequence
 
 EOG = 1  # the fake vocabulary's end-of-generation token
@@ -86,31 +86,35 @@ class FakeMemory:
 class FakeRunner:
     """The Runner protocol over :class:`FakeMemory`, fully deterministic.
 
-    ``oom`` decides, per step, whether "llama_decode" reports no room (status 1);
-    on that status nothing is written, as in llama.cpp.
+    ``oom`` decides, per step, whether "llama_decode" reports no room (status ``oom_status``,
+    1: no KV slot, -2: the device could not allocate); on that status nothing is written, as in
+    llama.cpp. ``fail_sampling`` decides, per sequence, that its sampling raises.
     """
 
-    def __init__(self, mem: FakeMemory, oom=None, status=None, model=next_token) -> None:
+    def __init__(self, mem: FakeMemory, oom=None, status=None, model=next_token, oom_status=1, fail_sampling=None) -> None:
         self.mem = mem
         self.model = model
         self.oom = oom
+        self.oom_status = oom_status
         self.status = status  # a fixed non-zero status to return, for error tests
+        self.fail_sampling = fail_sampling
         self.steps: list[list[tuple[str, int, int]]] = []  # (request_id, start, n) per chunk
         self.fed: dict[str, int] = defaultdict(int)  # tokens fed per request
         self.prepared: set[str] = set()
         self.released: set[str] = set()
         self.oom_steps = 0
+        self._sampled: dict[Sequence, list[int]] = {}
 
-    def run(self, step: Step) -> tuple[int, dict[Sequence, list[int]]]:
+    def decode(self, step: Step) -> int:
+        self._sampled = {}
         if self.status is not None:
-            return self.status, {}
+            return self.status
         if self.oom is not None and self.oom(step):
             self.oom_steps += 1
-            return 1, {}
+            return self.oom_status
         self.steps.append([(c.seq.request_id, c.start, c.n) for c in step.chunks])
         ids = [c.seq.seq_id for c in step.chunks]
         assert len(ids) == len(set(ids)), "a sequence id appears twice in one batch"
-        sampled: dict[Sequence, list[int]] = {}
         for c in step.chunks:
             kv = self.mem.kv[c.seq.seq_id]
             assert len(kv) == c.start, f"{c.seq}: chunk at {c.start} but its KV holds {len(kv)} positions"
@@ -123,8 +127,13 @@ class FakeRunner:
                 if j == len(c.draft) or got[-1] != c.draft[j]:
                     break
             if got:
-                sampled[c.seq] = got
-        return 0, sampled
+                self._sampled[c.seq] = got
+        return 0
+
+    def sample(self, chunk: Chunk) -> list[int]:
+        if self.fail_sampling is not None and self.fail_sampling(chunk.seq):
+            raise RuntimeError(f"sampling {chunk.seq.request_id} failed")
+        return self._sampled[chunk.seq]
 
     def prepare(self, seq: Sequence) -> None:
         self.prepared.add(seq.request_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clawlan.engine.microbatch import Part, pad, rounded_tokens, row_quantum
+from clawlan.engine.microbatch import Part, pad, rounded_tokens
 
 # -- an oracle: llama.cpp's split_equal (llama-batch.cpp), first micro-batch only ------------------
 
@@ -105,18 +105,6 @@ def test_unified_steps_round_their_rows_with_prompt_tokens() -> None:
     assert [p.n_head for p in out] == [0, 0, 0, 1] and not any(p.filler for p in out)
 
 
-def test_rows_are_left_unrounded_where_the_kernel_does_not_tile_them() -> None:
-    # a Q6_K vocabulary matrix, or one on a GPU: rows cost the same one by one, fillers still
-    # keep the decoders one micro-batch
-    assert row_quantum("Q8_0", 0) == 4 and row_quantum("Q6_K", 0) == 1 and row_quantum("Q8_0", -1) == 1
-    gap = decoders([0, 1, 2, 4, 5, 6, 7], 2)
-    out = pad(gap, streams=True, n_seq=8, n_ubatch=512, next_pos=lambda s: 40, stream_cells=1000, quantum=1)
-    assert out[3].filler and out[3].n_head == 0 and output_rows(out) == 14
-    seven = decoders(list(range(7)), 1)
-    assert pad(seven, streams=True, n_seq=8, n_ubatch=512, next_pos=lambda s: 40, stream_cells=1000, quantum=1) == seven
-    assert rounded_tokens(1, 9, 7, quantum=1) == 9
-
-
 def test_rounded_tokens_picks_draft_lengths_that_round_well() -> None:
     assert rounded_tokens(8, 2, 0) == 2 and rounded_tokens(8, 3, 0) == 3  # 8 sequences: always fours
     assert rounded_tokens(1, 9, 7) == 8  # one decoder: 9 rows cost more than 8
@@ -131,6 +119,7 @@ def test_rounded_tokens_picks_draft_lengths_that_round_well() -> None:
 
 @pytest.fixture
 def streams_ctx(real_model):
+    """Eight streams of 128 cells on the real model."""
     from clawlan.engine.llama import Context
 
     ctx = Context(real_model, n_ctx=8 * 128, n_batch=128, n_seq=8, threads=1, unified=False)
@@ -141,16 +130,19 @@ def streams_ctx(real_model):
 def test_a_padded_step_gives_the_same_tokens_and_leaves_no_filler_behind(streams_ctx, real_model) -> None:
     import llama_cpp as L
 
+    from clawlan.engine.policy import cpu_policy, gpu_policy
+    from clawlan.engine.runner import decode_shaped
+
     ctx = streams_ctx
     rng = np.random.default_rng(0)
     prompts = [[2] + rng.integers(1000, 20000, size=10 + s).tolist() for s in range(8)]
     for s, p in enumerate(prompts):
-        assert ctx.decode([(s, 0, p, 1)])[0] == 0
+        assert ctx.decode([Part(s, 0, p, 1)])[0] == 0
 
     def probe(s: int) -> np.ndarray:
         """Stream s's logits for one more token, undone afterwards."""
         at = len(prompts[s])
-        status, rows = ctx.decode([(s, at, [1234], 1)])
+        status, rows = ctx.decode([Part(s, at, [1234], 1)])
         assert status == 0
         out = ctx.logits(rows[0]).copy()
         L.llama_memory_seq_rm(ctx.memory, s, at, -1)
@@ -160,10 +152,12 @@ def test_a_padded_step_gives_the_same_tokens_and_leaves_no_filler_behind(streams
     step = [(s, len(prompts[s]), [500, 600], 2) for s in range(8) if s != 3]  # stream 3 idle: a gap
 
     def run(padded: bool) -> tuple[int, list[np.ndarray]]:
-        ctx.pad_steps = padded
-        status, rows = ctx.decode(step)
+        # the CPU policy pads (fillers, rows in fours); the GPU policy decodes the step as it is
+        policy = cpu_policy(streams=True) if padded else gpu_policy(streams=True)
+        parts = [Part(s, at, toks, n, index=k) for k, (s, at, toks, n) in enumerate(step)]
+        status, rows = decode_shaped(ctx, policy, parts)
         assert status == 0
-        got = [ctx.logits(r).copy() for r in rows]
+        got = [ctx.logits(r).copy() for k in range(len(step)) for r in rows[k]]
         n = ctx.batch.n_tokens
         for s, at, _, _ in step:
             L.llama_memory_seq_rm(ctx.memory, s, at, -1)
@@ -177,7 +171,7 @@ def test_a_padded_step_gives_the_same_tokens_and_leaves_no_filler_behind(streams
     # sums in another order): padding may move logits no further than decoding alone does.
     alone = []
     for s, at, toks, _ in step:
-        status, rows = ctx.decode([(s, at, toks, 2)])
+        status, rows = ctx.decode([Part(s, at, toks, 2)])
         assert status == 0
         alone += [ctx.logits(r).copy() for r in rows]
         L.llama_memory_seq_rm(ctx.memory, s, at, -1)

@@ -1,4 +1,4 @@
-"""GGUF metadata of the embedded Gemma 3 270M, read with the gguf package."""
+"""GGUF metadata of the embedded Gemma 3 270M, read from its header."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from clawlan.model import store
 
 @pytest.fixture(scope="module")
 def info(model_info):
-    # tests/conftest.py's session ModelInfo: read_metadata parses 262k vocabulary entries (~5-10 s).
+    # tests/conftest.py's session ModelInfo (what resolve returned).
     assert model_info.path == store.embedded_model_path()
     return model_info
 

@@ -73,6 +73,74 @@ def test_nft_verdicts() -> None:
     assert v[8086] == "DROP"
 
 
+# `ufw default deny incoming` then `ufw allow 8080` (iptables-save, trimmed): INPUT only jumps to
+# ufw's chains; the ACCEPT is two jumps down, in ufw-user-input.
+UFW_IPTABLES = """*filter
+:INPUT DROP [0:0]
+:ufw-after-input - [0:0]
+:ufw-before-input - [0:0]
+:ufw-before-logging-input - [0:0]
+:ufw-skip-to-policy-input - [0:0]
+:ufw-user-input - [0:0]
+-A INPUT -j ufw-before-logging-input
+-A INPUT -j ufw-before-input
+-A INPUT -j ufw-after-input
+-A ufw-after-input -p udp -m udp --dport 137 -j ufw-skip-to-policy-input
+-A ufw-after-input -p tcp -m tcp --dport 139 -j ufw-skip-to-policy-input
+-A ufw-before-input -i lo -j ACCEPT
+-A ufw-before-input -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A ufw-before-input -m conntrack --ctstate INVALID -j DROP
+-A ufw-before-input -j ufw-user-input
+-A ufw-before-logging-input -j RETURN
+-A ufw-skip-to-policy-input -j DROP
+-A ufw-user-input -p tcp -m tcp --dport 8080 -m comment --comment "'dapp_clawlan'" -j ACCEPT
+-A ufw-user-input -p udp -m udp --dport 8080 -j ACCEPT
+COMMIT
+"""
+
+# The same rules as iptables-nft shows them to `nft list ruleset`.
+UFW_NFT = """table ip filter {
+	chain INPUT {
+		type filter hook input priority filter; policy drop;
+		counter packets 10 bytes 600 jump ufw-before-logging-input
+		counter packets 10 bytes 600 jump ufw-before-input
+		counter packets 0 bytes 0 jump ufw-after-input
+	}
+	chain ufw-before-logging-input {
+		counter packets 0 bytes 0 return
+	}
+	chain ufw-before-input {
+		iifname "lo" counter packets 0 bytes 0 accept
+		ct state related,established counter packets 0 bytes 0 accept
+		counter packets 0 bytes 0 jump ufw-user-input
+	}
+	chain ufw-after-input {
+		meta l4proto tcp tcp dport 139 counter packets 0 bytes 0 jump ufw-skip-to-policy-input
+	}
+	chain ufw-skip-to-policy-input {
+		counter packets 0 bytes 0 drop
+	}
+	chain ufw-user-input {
+		meta l4proto tcp tcp dport 8080 counter packets 0 bytes 0 accept comment "'dapp_clawlan'"
+		meta l4proto udp udp dport 8080 counter packets 0 bytes 0 accept
+	}
+}
+"""
+
+
+@pytest.mark.parametrize("parse, text", [(iptables_verdicts, UFW_IPTABLES), (nft_verdicts, UFW_NFT)], ids=["iptables", "nft"])
+def test_ufw_allow_is_read_through_its_chains(parse, text) -> None:
+    v = parse(text, [139, *range(8080, 8091)])
+    assert v[8080] == "ACCEPT"  # ufw allow 8080: INPUT -> ufw-before-input -> ufw-user-input
+    assert v[8081] == v[8090] == "DROP"  # nothing allows them: the policy
+    assert v[139] == "DROP"  # ufw-after-input -> ufw-skip-to-policy-input
+
+
+def test_chain_loops_end() -> None:
+    rules = ":INPUT DROP [0:0]\n-A INPUT -j a\n-A a -j b\n-A b -j a\n-A INPUT -p tcp --dport 8080 -j ACCEPT\n"
+    assert iptables_verdicts(rules, [8080, 8081]) == {8080: "ACCEPT", 8081: "DROP"}
+
+
 # --- loopback -----------------------------------------------------------------------------------
 
 
@@ -371,6 +439,39 @@ def test_netns_firewall_drop(netns: None) -> None:
     )
 
 
+def test_netns_ufw_style_chains(netns: None) -> None:
+    """ufw's layout built with real iptables in a namespace: doctor there reads 8080 as open."""
+    if not shutil.which("iptables"):
+        pytest.skip("iptables is not installed")
+    pair = Pair("u", "10.234.0.2/24", "10.234.0.1/24")
+    try:
+        for rule in (
+            ["-N", "ufw-before-input"], ["-N", "ufw-user-input"], ["-P", "INPUT", "DROP"],
+            ["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
+            ["-A", "INPUT", "-j", "ufw-before-input"],
+            ["-A", "ufw-before-input", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+            ["-A", "ufw-before-input", "-j", "ufw-user-input"],
+            ["-A", "ufw-user-input", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT"],
+        ):  # fmt: skip
+            r = subprocess.run(["ip", "netns", "exec", pair.server, "iptables", *rule], capture_output=True, text=True)
+            if r.returncode != 0:
+                pytest.skip(f"iptables cannot add rules here: {r.stderr.strip()}")
+        pair.start_backend(8080)
+        srv = subprocess.run(
+            ["ip", "netns", "exec", pair.server, sys.executable, "-m", "clawlan", "doctor", "--backend",
+             "10.234.0.1:8080", "--skip", "model", "--skip", "gpu", "--skip", "mdns", "--json", "--timeout", "1"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        client = pair.doctor("10.234.0.1:8080", "--skip", "mdns")
+    finally:
+        pair.close()
+    assert client["by"]["tcp"]["status"] == "PASS"  # the rules really let 8080 through
+    fw = {c["name"]: c for c in json.loads(srv.stdout)["checks"]}["firewall"]
+    # 8080 is open; the rest of the range falls to the DROP policy: a warning, not a failure.
+    assert fw["status"] == "WARN", fw
+    assert "DROP TCP 8081-8090" in fw["detail"] and "8080," not in fw["detail"], fw
+
+
 def test_seed_config_files_found_in_cwd(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CLAWLAN_CONFIG", raising=False)
@@ -404,3 +505,20 @@ def test_gpu_check_reads_nvidia_smi(tmp_path, monkeypatch) -> None:
     d = Doctor(Target("127.0.0.1", 1))
     d.check_gpu()
     assert d.checks[0].status is Status.SKIP
+
+
+def test_backend_check_names_the_build(tmp_path, monkeypatch) -> None:
+    d = Doctor(Target("127.0.0.1", 1))
+    d.check_backend()
+    (c,) = d.checks
+    assert c.status is Status.PASS and "llama.cpp CPU build" in c.detail
+    # An NVIDIA GPU beside a CPU-only llama.cpp: say so, and how to build for it.
+    from .test_planner import fake_nvidia_smi
+
+    fake_nvidia_smi(tmp_path, 20480, 19000)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    d = Doctor(Target("127.0.0.1", 1))
+    d.check_gpu()
+    d.check_backend()
+    c = by_name(d.checks)["llama-backend"]
+    assert c.status is Status.WARN and "CPU-only" in c.detail and "make run GPU=cuda" in c.fix

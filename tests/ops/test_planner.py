@@ -180,3 +180,27 @@ def test_plan_a_gguf_file(tiny_f32, capsys) -> None:
     out = capsys.readouterr().out
     # 2 layers x 2 KV heads x (64 + 64) x 2 bytes = 1,024 B/token; 1,024 cells
     assert "1,024 B/token x 1,024 cells" in out and "weights (F32)" in out
+
+
+def test_plan_default_is_what_serve_allocates(embedded_info, capsys) -> None:
+    from clawlan.config.settings import Settings
+    from clawlan.server.backend import plan_context
+
+    serve = plan_context(embedded_info, Settings())
+    assert main(["plan", "--no-gpu", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    # The same KV cells for the same batch: the figure `clawlan plan` prints is the cache `serve` builds.
+    assert doc["sessions"] == Settings().server.batch_size
+    assert doc["kv"]["cells"] == serve.kv_tokens == 8 * 4096  # batch x 4,096, not a share of the RAM
+    assert serve.max_context == 32768
+    assert doc["kv"]["bytes"] == serve.kv_bytes
+    # Measured once (clawlan serve on defaults, 2-core box): RSS 1.04 GB loaded, 1.09 GB after long
+    # prompts. The expected RSS leaves out the compute buffer's never-written logits rows.
+    assert 0.9e9 < doc["resident"] < 1.2e9 < 1.4e9 < doc["total"] < 1.6e9
+
+
+def test_plan_and_doctor_never_say_the_seed(capsys) -> None:
+    main(["plan", "80B", "--quant", "Q4_K_M", "--ram", "64", "--gpu-mem", "24"])
+    main(["doctor", "--backend", "127.0.0.1:1", "--skip", "mdns", "--skip", "model", "--timeout", "0.5"])
+    out = capsys.readouterr()
+    assert "seed" not in (out.out + out.err).lower()

@@ -171,7 +171,7 @@ def show(loaded: Loaded) -> str:
         section = getattr(loaded.settings, name)
         for key in type(section).model_fields:
             value = getattr(section, key)
-            if key in ("api_keys", "api_key") and value:
+            if key in ("api_keys", "api_key", "admin_token", "local_api_keys") and value:
                 value = "***" if isinstance(value, str) else ["***"] * len(value)
             lines.append(f"{name}.{key:<24} = {json.dumps(value):<28} # {loaded.sources[f'{name}.{key}']}")
     return "\n".join(lines)

@@ -60,6 +60,15 @@ class FrontendSection(Section):
     )
     max_tokens: int = Field(512, ge=1, le=1_000_000, description="longest answer asked of the back end")
     admin_token: str | None = Field(None, description="token to edit mode prompts from other machines")
+    trusted_backends: list[str] = Field(
+        default_factory=list, description="SHA-256 fingerprints of back ends used without an admin's accept"
+    )
+    trusted_hosts: list[str] = Field(
+        default_factory=list, description="extra Host names the page answers to (besides loopback and this box's own)"
+    )
+    local_api_keys: list[str] = Field(
+        default_factory=list, description="keys LAN callers of the local /v1 endpoint present; empty: loopback only"
+    )
     mdns_interfaces: list[str] = Field(default_factory=list, description="interface addresses to browse; empty: all")
     request_defaults: dict[str, Any] = Field(
         default_factory=dict, description="extra fields for every chat request, e.g. temperature"
@@ -101,6 +110,10 @@ class ServerSection(Section):
     api_keys: list[str] = Field(default_factory=list, description="accepted Bearer keys; empty: no auth")
     tls_cert: str | None = Field(None, description="PEM certificate for HTTPS")
     tls_key: str | None = Field(None, description="PEM private key for HTTPS")
+    tls: bool | None = Field(
+        None, description="HTTPS with this server's own pinned certificate; default: on when serving the LAN"
+    )
+    state_dir: str | None = Field(None, description="where the server keeps its TLS identity; default ~/.local/state/clawlan/server")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: none")
     max_request_ms: int | None = Field(None, ge=1, description="optional bound on a request's total time")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")

@@ -10,6 +10,13 @@ away (goodbye packet) or comes back on another port (a DHCP change, a restart)
 is tracked without waiting for a request to fail. A request that does fail
 calls :meth:`Discoverer.invalidate`, which drops that address and makes the
 next :meth:`Discoverer.resolve` look again.
+
+Only trusted servers are used (discovery/trust.py): an mDNS answer whose TLS
+fingerprint is neither configured nor pinned is listed as pending for an
+admin, never picked. Among trusted ones the choice is deterministic
+(configured order, then acceptance order, then name and address), and a
+goodbye packet alone never moves the front end: it is a claim anyone can
+send, so the current server is dropped only when a request to it fails.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from clawlan.discovery.service import SERVICE_TYPE, ServiceRecord
+from clawlan.discovery.service import SERVICE_TYPE, ServiceRecord, show_fingerprint
+from clawlan.discovery.trust import TrustStore, classify
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,12 @@ class Backend:
     auth: bool = False
     api: str = "/v1"
     found_after_ms: float | None = None  # time the lookup took, for the UI and the tests
+    fingerprint: str = ""  # the pinned TLS fingerprint an mDNS-found server must present
+
+    @property
+    def configured(self) -> bool:
+        """Someone typed this address (static or fallback): trusted as given, plain HTTP included."""
+        return self.how in ("static", "fallback")
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -46,6 +60,8 @@ class Backend:
             "model": self.model,
             "auth": self.auth,
             "found_after_ms": self.found_after_ms,
+            "fingerprint": show_fingerprint(self.fingerprint) if self.fingerprint else "",
+            "verified": bool(self.fingerprint),
         }
 
 
@@ -60,14 +76,18 @@ class Discoverer:
         *,
         interfaces: Sequence[str] | None = None,
         service_type: str = SERVICE_TYPE,
+        trust: TrustStore | None = None,
     ) -> None:
         self.protocol = protocol
         self.fallback_timeout_ms = fallback_timeout_ms
         self.static_backend = static_backend.rstrip("/")
         self.interfaces = list(interfaces) if interfaces else None
         self.service_type = service_type
+        self.trust = trust or TrustStore()
+        self._mismatch: dict[str, str] = {}  # base URL -> trusted fingerprint it claimed but could not prove
         self._cond = threading.Condition()
         self._services: dict[str, ServiceRecord] = {}  # instance name -> record
+        self._seen_fp: dict[str, str] = {}  # base URL -> fingerprint its server really presented
         self._bad: set[str] = set()  # base URLs that failed since they were last announced
         self._current: Backend | None = None
         self._zc = None
@@ -101,14 +121,21 @@ class Discoverer:
 
     # -- zeroconf callbacks (run in the browser's own thread) -------------
     def _on_change(self, zeroconf, service_type: str, name: str, state_change) -> None:  # noqa: ANN001
+        # Whatever a LAN host sends, the browser thread must survive it: one bad record must not end discovery.
+        try:
+            self._handle(zeroconf, service_type, name, state_change)
+        except Exception:  # noqa: BLE001
+            log.warning("ignoring an unusable mDNS record for %r", name, exc_info=True)
+
+    def _handle(self, zeroconf, service_type: str, name: str, state_change) -> None:  # noqa: ANN001
         from zeroconf import ServiceStateChange
 
         if state_change is ServiceStateChange.Removed:
             with self._cond:
-                rec = self._services.pop(name, None)
-                if rec and self._current and self._current.base_url == rec.base_url:
-                    self._current = None
-                log.info("back end %s went away", name)
+                # Forget the record, but keep using the current server: a goodbye is a claim anyone can
+                # spoof, a failed request (invalidate) is evidence.
+                self._services.pop(name, None)
+                log.info("back end %s said goodbye", name)
             return
         info = zeroconf.get_service_info(service_type, name, timeout=2000)
         if info is None:
@@ -125,13 +152,21 @@ class Discoverer:
             if old and old.base_url != rec.base_url and self._current and self._current.base_url == old.base_url:
                 self._current = None  # moved: the next resolve picks up the new address
             self._cond.notify_all()
-        log.info("back end %s at %s", name, rec.base_url)
+        state = classify(rec, self.trust)
+        if state == "trusted":
+            log.info("back end %s at %s", name, rec.base_url)
+        else:
+            log.warning("back end %s at %s is %s; not used until an admin accepts it", name, rec.base_url, state)
 
     # -- lookup ------------------------------------------------------------
+    def _usable(self, r: ServiceRecord) -> bool:
+        return (r.base_url not in self._bad and self._mismatch.get(r.base_url) != r.fingerprint
+                and classify(r, self.trust) == "trusted")
+
     def _pick(self) -> ServiceRecord | None:
-        good = [r for r in self._services.values() if r.base_url not in self._bad]
-        # Deterministic choice: the same box keeps talking to the same server.
-        return sorted(good, key=lambda r: r.name)[0] if good else None
+        good = [r for r in self._services.values() if self._usable(r)]
+        # Deterministic choice: the same box keeps talking to the same server, whatever order answers came in.
+        return min(good, key=lambda r: (self.trust.rank(r.fingerprint), r.name, r.base_url)) if good else None
 
     def resolve(self, timeout_ms: int | None = None) -> Backend:
         """The back end to use now; waits up to ``fallback_timeout`` for mDNS before falling back."""
@@ -161,7 +196,7 @@ class Discoverer:
             if rec is not None:
                 self._current = Backend(
                     rec.base_url, "mDNS", name=rec.name, model=rec.model, auth=rec.auth, api=rec.api,
-                    found_after_ms=round(elapsed, 1),
+                    found_after_ms=round(elapsed, 1), fingerprint=rec.fingerprint,
                 )
             elif cur is not None and cur.how == "fallback" and cur.base_url not in self._bad:
                 return cur
@@ -173,7 +208,8 @@ class Discoverer:
     async def aresolve(self, timeout_ms: int | None = None) -> Backend:
         with self._cond:
             cur = self._current
-            if cur is not None and (cur.how != "fallback" or not self._services) and cur.base_url not in self._bad:
+            usable = cur is not None and cur.how == "fallback" and any(self._usable(r) for r in self._services.values())
+            if cur is not None and not usable and cur.base_url not in self._bad:
                 return cur  # the common case costs no thread hop
         return await asyncio.to_thread(self.resolve, timeout_ms)
 
@@ -208,6 +244,46 @@ class Discoverer:
     @property
     def current(self) -> Backend | None:
         return self._current
+
+    def mismatch(self, base_url: str, claimed: str, seen: str) -> None:
+        """The server at ``base_url`` advertised ``claimed`` (trusted) but presented ``seen``: never use it as is."""
+        url = base_url.rstrip("/")
+        with self._cond:
+            self._mismatch[url] = claimed
+            self._seen_fp[url] = seen
+        log.warning("back end at %s presented fingerprint %s, not the pinned %s; not used", url, seen, claimed)
+        self.invalidate(url)
+
+    def candidates(self) -> list[dict[str, object]]:
+        """Every advertised server with its trust state, for the page and the admin."""
+        out = []
+        with self._cond:
+            recs = list(self._services.values())
+            cur = self._current.base_url if self._current else None
+            seen = dict(self._seen_fp)
+            mism = dict(self._mismatch)
+        for r in sorted(recs, key=lambda r: (r.name, r.base_url)):
+            state = classify(r, self.trust)
+            if state == "trusted" and mism.get(r.base_url) == r.fingerprint:
+                state = "mismatch"  # the TXT record names a trusted key the server could not prove it holds
+            presented = seen.get(r.base_url, r.fingerprint) if state == "mismatch" else r.fingerprint
+            out.append({
+                "name": r.name, "base_url": r.base_url, "model": r.model, "state": state, "in_use": r.base_url == cur,
+                "fingerprint": presented, "fingerprint_shown": show_fingerprint(presented) if presented else "",
+                "pinned": self.trust.pinned_for(r.name) or "",
+            })
+        return out
+
+    def trust_changed(self) -> None:
+        """An admin accepted or forgot a server: pick again."""
+        with self._cond:
+            self._mismatch.clear()
+            if self._current is not None and self._current.how == "fallback":
+                self._current = None  # a newly trusted mDNS server takes over from the provisional fallback
+            if self._current is not None and self._current.how == "mDNS" and not self.trust.trusted(
+                    self._current.fingerprint):
+                self._current = None
+            self._cond.notify_all()
 
     def services(self) -> list[ServiceRecord]:
         with self._cond:

@@ -9,7 +9,12 @@ records (all strings):
 ``version`` clawlan version
 ``auth``   ``1`` when a Bearer API key is required, else ``0``
 ``tls``    ``1`` when the service speaks HTTPS, else ``0``
+``fp``     SHA-256 fingerprint (hex) of the server's TLS certificate
 =========  ==========================================================
+
+Everything in a TXT record is a claim anyone on the LAN can make; the ``fp``
+only helps a front end find the pin it already trusts (discovery/trust.py),
+and the TLS handshake proves the server holds the matching key.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class ServiceRecord:
     version: str = ""
     auth: bool = False
     tls: bool = False
+    fingerprint: str = ""
 
     @property
     def base_url(self) -> str:
@@ -45,11 +51,21 @@ class ServiceRecord:
             "version": self.version,
             "auth": "1" if self.auth else "0",
             "tls": "1" if self.tls else "0",
+            **({"fp": self.fingerprint} if self.fingerprint else {}),
         }
 
     @classmethod
     def from_txt(cls, name: str, host: str, port: int, txt: dict[bytes, bytes | None]) -> ServiceRecord:
-        t = {k.decode(): (v or b"").decode() for k, v in txt.items()}
+        # A TXT record is anyone's bytes: undecodable ones must not stop the browser (errors="replace").
+        t = {
+            (k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)):
+            (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v or ""))
+            for k, v in txt.items()
+        }
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            port = 0
         return cls(
             name=name,
             host=host,
@@ -59,4 +75,18 @@ class ServiceRecord:
             version=t.get("version", ""),
             auth=t.get("auth") == "1",
             tls=t.get("tls") == "1",
+            fingerprint=normalize_fingerprint(t.get("fp", "")),
         )
+
+
+def normalize_fingerprint(fp: str) -> str:
+    """Lowercase hex without separators; "" when it is not a SHA-256 fingerprint."""
+    h = fp.strip().lower().replace(":", "").replace(" ", "")
+    if h.startswith("sha256"):
+        h = h[6:].lstrip("/=-")
+    return h if len(h) == 64 and all(c in "0123456789abcdef" for c in h) else ""
+
+
+def show_fingerprint(fp: str) -> str:
+    """The fingerprint as people compare it: colon-separated pairs, as openssl prints it."""
+    return ":".join(fp[i:i + 2] for i in range(0, len(fp), 2)).upper()

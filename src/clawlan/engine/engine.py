@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from clawlan.engine.request import Event, Request
@@ -26,6 +26,7 @@ from clawlan.errors import ClawlanError
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Event], None]
+DECODE_ALLOC_FAILED = -2  # llama_decode: the backend could not allocate the step (ggml's ALLOC_FAILED)
 
 
 class Outbox:
@@ -185,26 +186,43 @@ class Engine:
                 self._end(self._live[rid][0], "cancelled")
 
     def step(self) -> None:
-        """One decode: schedule, run, postprocess."""
+        """One decode: schedule, run, postprocess. A failure is charged to the requests it
+        can be attributed to: a sampling or detokenizing error to its sequence alone, a failed
+        decode to the step's sequences; the rest keep running."""
         step = self.scheduler.schedule(self.clock())
         self._report_dropped()
         if not step:
             return
         t0 = self.clock()
-        status, sampled = self.runner.run(step)
-        if status == 1:
-            try:
-                self.scheduler.on_out_of_memory(step)
-            except MemoryError as exc:
-                self._fail_all(str(exc))
+        try:
+            status = self.runner.decode(step)
+        except Exception as exc:
+            log.exception("llama_decode raised")
+            self.scheduler.rollback(step)
+            self._end_step(step, f"engine error: {exc}")
+            return
+        if status in (1, DECODE_ALLOC_FAILED):
+            alone = self.scheduler.on_out_of_memory(step, status)
+            if alone is not None:
+                self._end(alone, "error", error="llama_decode has no room even for one sequence")
             return
         if status != 0:
             self.scheduler.rollback(step)
-            for c in step.chunks:
-                if c.seq.status is Status.RUNNING:
-                    self._end(c.seq, "error", error=f"llama_decode failed with status {status}")
+            self._end_step(step, f"llama_decode failed with status {status}")
             return
+        sampled: dict[Sequence, list[int]] = {}
+        failed: dict[Sequence, Exception] = {}
+        for c in step.chunks:
+            if c.n_logits:
+                try:
+                    sampled[c.seq] = self.runner.sample(c)
+                except Exception as exc:  # a sampler or grammar error is its sequence's alone
+                    failed[c.seq] = exc
         self.scheduler.commit(step, sampled)
+        for seq, exc in failed.items():
+            if not isinstance(exc, ClawlanError):
+                log.error("sampling %s failed", seq.request_id, exc_info=exc)
+            self._end(seq, "error", error=f"engine error: {exc}")
         # A prompt chunk is progress too: a 15k-token prompt must not look stalled to timeout_ms.
         for c in step.chunks:
             if not c.wants_logits:
@@ -217,28 +235,41 @@ class Engine:
         self._outbox.flush()  # first tokens go out before the housekeeping below
         self.scheduler.offload_idle()
 
+    def _end_step(self, step: Step, error: str) -> None:
+        for c in step.chunks:
+            if c.seq.status is Status.RUNNING:
+                self._end(c.seq, "error", error=error)
+
     def _postprocess(self, sampled: dict[Sequence, list[int]]) -> None:
         now = self.clock()
         for seq, tokens in sampled.items():
-            if seq.first_token_time is None:
-                seq.first_token_time = now
-                self.stats.prompt_tokens += seq.n_prompt
-                self.stats.cached_tokens += seq.n_cached or 0
-            text, emitted = "", []
-            for token in tokens:  # several when a draft held: one event carries them all
-                reason = self.scheduler.append_token(seq, token, self.runner.is_eog(token))
-                if reason != "stop":
-                    self.stats.generated_tokens += 1
-                    emitted.append(token)
-                    text += seq.text.feed(self.runner.piece(token))
-                    if seq.text.stopped:
-                        reason = "stop"
-                if reason:
-                    # An end-of-generation token is not output; a stop string's token is (its text is cut).
-                    self._end(seq, reason, text=text, tokens=emitted)
-                    break
-            else:
-                self._emit(seq, Event(seq.request_id, text=text, token_ids=emitted))
+            try:
+                self._take(seq, tokens, now)
+            except Exception as exc:  # e.g. a token that will not render: this request's error alone
+                log.exception("postprocessing %s failed", seq.request_id)
+                self._end(seq, "error", error=f"engine error: {exc}")
+
+    def _take(self, seq: Sequence, tokens: list[int], now: float) -> None:
+        """Append a sequence's sampled tokens, emit its text, end it where it is done."""
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+            self.stats.prompt_tokens += seq.n_prompt
+            self.stats.cached_tokens += seq.n_cached or 0
+        text, emitted = "", []
+        for token in tokens:  # several when a draft held: one event carries them all
+            reason = self.scheduler.append_token(seq, token, self.runner.is_eog(token))
+            if reason != "stop":
+                self.stats.generated_tokens += 1
+                emitted.append(token)
+                text += seq.text.feed(self.runner.piece(token))
+                if seq.text.stopped:
+                    reason = "stop"
+            if reason:
+                # An end-of-generation token is not output; a stop string's token is (its text is cut).
+                self._end(seq, reason, text=text, tokens=emitted)
+                break
+        else:
+            self._emit(seq, Event(seq.request_id, text=text, token_ids=emitted))
 
     def _end(
         self, seq: Sequence, reason: str, text: str = "", tokens: list[int] | None = None, error: str | None = None
@@ -316,11 +347,13 @@ class EngineConfig:
     # "unified" lets sequences share all cells (one long prompt may use most of them).
     # "auto": streams where they fit, unified otherwise.
     kv_layout: str = "auto"
-    # Output rows of a decode step are rounded to this many (engine/microbatch.py): 4 where the
-    # vocabulary matrix is multiplied by llama.cpp's tinyBLAS on the CPU (the embedded model's
-    # Q8_0), 1 (no rounding) otherwise; microbatch.row_quantum picks it from the model file's
-    # metadata, which the server has read anyway (read_metadata took 8.2 s on the embedded model).
-    row_quantum: int = 4
+    # The vocabulary matrix's GGUF type (ModelInfo.output_type, from the metadata the server has
+    # read anyway: read_metadata took 8.2 s on the embedded model). On a CPU it decides whether
+    # output rows are rounded to fours (policy.py). The default is the embedded model's; None: unknown, not rounded.
+    output_type: str | None = "Q8_0"
+    # Greedy argmax inside llama.cpp's graph (policy.py): None lets the policy decide (on a GPU
+    # without drafts); True works on a CPU too (the tests), where it gains nothing measured.
+    device_greedy: bool | None = None
 
 
 def use_streams(cfg: EngineConfig) -> bool:
@@ -335,6 +368,7 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
     from clawlan.engine.host_cache import HostCache
     from clawlan.engine.kv_cache import KVCache
     from clawlan.engine.llama import Context, Model
+    from clawlan.engine.policy import choose
     from clawlan.engine.runner import LlamaRunner
 
     assert isinstance(model, Model)
@@ -354,8 +388,13 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
         n_seq=n_slots,
         threads=cfg.threads,
         unified=not streams,
-        row_quantum=cfg.row_quantum,
     )
+    policy = choose(streams, model.gpu_layers, cfg.output_type, draft_tokens=cfg.draft_tokens)
+    if cfg.device_greedy:  # one output row per sequence: no padding rows, no fillers
+        policy = replace(policy, device_greedy=True, fillers=False, quantum=1)
+    elif cfg.device_greedy is not None:
+        policy = replace(policy, device_greedy=False)
+    log.info("step policy: %s", policy)
     host = HostCache(cfg.host_cache_mb << 20) if cfg.host_cache_mb > 0 else None
     kv = KVCache(ctx.n_ctx, n_slots, ctx, host, streams=streams)
     sched = Scheduler(
@@ -367,8 +406,8 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
         draft_tokens=cfg.draft_tokens,
         draft_rows=2 * cfg.batch_size,
         mix_prefill=cfg.mix_prefill,
-        row_quantum=cfg.row_quantum,
+        policy=policy,
     )
-    engine = Engine(sched, LlamaRunner(model, ctx))
+    engine = Engine(sched, LlamaRunner(model, ctx, policy))
     engine.context = ctx
     return engine

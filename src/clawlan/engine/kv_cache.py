@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from clawlan.engine.host_cache import HostCache, Saved
+from clawlan.engine.policy import contiguous_runs
 
 MIN_SHARED = 64  # a shared beginning shorter than this recomputes in well under 100 ms: not worth saving
 
@@ -224,8 +225,7 @@ class KVCache:
         """An empty slot, else the least recently used idle one emptied; None if all are busy.
 
         With streams, first the one that leaves the running sequences in the fewest runs of
-        consecutive ids: llama.cpp runs each run as a micro-batch of its own (4 sequences on
-        ids 0, 2, 4, 6 decoded in 90 ms, on 0-3 in 42 ms). ``keep`` is never chosen."""
+        consecutive ids (:func:`clawlan.engine.policy.contiguous_runs`). ``keep`` is never chosen."""
         if self.streams:
             free = [s for s in self.slots if not s.busy and s is not keep]
             if not free:
@@ -247,9 +247,8 @@ class KVCache:
         return target
 
     def _runs_with(self, seq_id: int) -> int:
-        """Runs of consecutive busy ids if ``seq_id`` became busy too."""
-        busy = [s.busy or s.seq_id == seq_id for s in self.slots]
-        return sum(1 for i, b in enumerate(busy) if b and (i == 0 or not busy[i - 1]))
+        """Runs of consecutive busy ids if ``seq_id`` became busy too (the placement rule is policy.py's)."""
+        return contiguous_runs([s.busy or s.seq_id == seq_id for s in self.slots])
 
     def cached_len(self, prompt: list[int]) -> int:
         """How many of ``prompt``'s tokens ``acquire`` would find cached (a read-only probe)."""
@@ -262,6 +261,12 @@ class KVCache:
         if len(tokens) > len(self._free):
             return False
         slot = self.slots[seq_id]
+        if len(tokens) == 1:  # a decoder's token, once per sequence and step: no numpy round trip
+            cell = self._free.pop()
+            self.refs[cell] += 1
+            slot.cells.append(cell)
+            slot.tokens.append(tokens[0])
+            return True
         new = [self._free.pop() for _ in range(len(tokens))]
         self.refs[np.asarray(new, dtype=np.int64)] += 1
         slot.cells.extend(new)
@@ -372,12 +377,10 @@ class KVCache:
 
     def evict(self, need: int) -> bool:
         """Evict idle entries, least recently used first, until ``need`` cells are free."""
+        if self.n_free >= need:
+            return True  # the common case, once per decoder and step: no sort of the slots
         for slot in sorted((s for s in self.slots if not s.busy and s.tokens), key=lambda s: s.last_used):
             if self.n_free >= need:
                 break
             self.drop(slot.seq_id)
         return self.n_free >= need
-
-    def cached_tokens(self) -> int:
-        """Tokens held by idle entries (the prefix cache's size)."""
-        return sum(len(s.tokens) for s in self.slots if not s.busy)

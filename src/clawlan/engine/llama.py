@@ -15,7 +15,7 @@ from pathlib import Path
 import llama_cpp as L
 import numpy as np
 
-from clawlan.engine.microbatch import ROW_QUANTUM, Part, pad
+from clawlan.engine.microbatch import Part
 from clawlan.errors import EngineError, ModelFileError
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class Model:
     def __init__(self, path: str | Path, gpu_layers: int = 0, verbose: bool = False) -> None:
         init_backend(verbose)
         self.path = Path(path)
+        self.gpu_layers = gpu_layers  # as asked (-1: all); the step policy depends on it
         params = L.llama_model_default_params()
         params.n_gpu_layers = 999 if gpu_layers < 0 else gpu_layers
         self.ptr = L.llama_model_load_from_file(str(self.path).encode(), params)
@@ -140,24 +141,20 @@ class Model:
 
 
 class Context:
-    """One llama.cpp context whose KV cache holds ``n_seq`` sequence ids."""
+    """One llama.cpp context whose KV cache holds ``n_seq`` sequence ids: a thin binding.
+
+    How a step is shaped for the backend (id order, fillers, padding rows) is decided before
+    :meth:`decode` by :mod:`clawlan.engine.policy`; this class only writes the batch it is given.
+    """
 
     def __init__(
-        self,
-        model: Model,
-        n_ctx: int,
-        n_batch: int,
-        n_seq: int,
-        threads: int,
-        unified: bool = True,
-        row_quantum: int = ROW_QUANTUM,
+        self, model: Model, n_ctx: int, n_batch: int, n_seq: int, threads: int, unified: bool = True
     ) -> None:
         """``unified=False`` gives every sequence id a KV stream of its own (``n_ctx / n_seq``
         cells), llama-server's layout: a prompt's attention then never scans other sequences'
         cells (a 256-token prompt beside 7 running sequences: 238 ms instead of 258 ms), but a
         batch runs as one micro-batch only when its sequences are consecutive ids, in id order,
-        with equal token counts (the scheduler builds its steps so in that layout).
-        ``row_quantum``: output rows of a decode step are rounded to this many (1: not at all)."""
+        with equal token counts (see :mod:`clawlan.engine.policy`)."""
         self.model = model
         p = L.llama_context_default_params()
         p.n_ctx = n_ctx
@@ -181,18 +178,30 @@ class Context:
         self.n_batch = n_batch
         self.n_seq = n_seq
         self.unified = unified
-        # Round decode steps to llama.cpp's fast micro-batch shapes (engine/microbatch.py): fillers
-        # keep decoders one micro-batch; output rows are rounded to row_quantum.
-        self.pad_steps = True
-        self.row_quantum = row_quantum
         self.memory = L.llama_get_memory(self.ptr)
-        self.batch = L.llama_batch_init(n_batch, 0, 1)
-        self._tok = np.ctypeslib.as_array(self.batch.token, shape=(n_batch,))
-        self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(n_batch,))
-        self._nseq = np.ctypeslib.as_array(self.batch.n_seq_id, shape=(n_batch,))
-        self._logits = np.ctypeslib.as_array(self.batch.logits, shape=(n_batch,))
-        self._nseq[:] = 1
+        # The batch's arrays are numpy's, written a slice per part instead of a token at a time.
+        # Each token has one sequence id; seq_id[i] points at _seq[i] once and for all.
+        self._tok = np.zeros(n_batch, dtype=np.int32)
+        self._pos = np.zeros(n_batch, dtype=np.int32)
+        self._nseq = np.ones(n_batch, dtype=np.int32)
+        self._seq = np.zeros(n_batch, dtype=np.int32)
+        self._logits = np.zeros(n_batch, dtype=np.int8)
+        seq_t = ctypes.POINTER(L.llama_seq_id)
+        base = self._seq.ctypes.data
+        self._seq_ptrs = (seq_t * n_batch)(*[ctypes.cast(base + 4 * i, seq_t) for i in range(n_batch)])
+        self.batch = L.llama_batch(
+            n_tokens=0,
+            token=self._tok.ctypes.data_as(ctypes.POINTER(L.llama_token)),
+            embd=None,
+            pos=self._pos.ctypes.data_as(ctypes.POINTER(L.llama_pos)),
+            n_seq_id=self._nseq.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+            seq_id=self._seq_ptrs,
+            logits=self._logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+        )
         self._vocab = model.n_vocab
+        self._out_row = np.zeros(0, dtype=np.int32)
+        self._all: np.ndarray | None = None  # every output row's logits, made on first use after a decode
+        self._greedy: dict[int, ctypes.c_void_p] = {}  # device greedy chains by sequence id (borrowed by llama.cpp)
 
     # MemoryOps for the KV cache accounting
     def seq_rm(self, seq_id: int, p0: int, p1: int) -> None:
@@ -200,6 +209,10 @@ class Context:
 
     def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
         L.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        """The last position stream/sequence ``seq_id`` holds (-1: none)."""
+        return int(L.llama_memory_seq_pos_max(self.memory, seq_id))
 
     def seq_save(self, seq_id: int) -> np.ndarray | None:
         """The sequence's KV as bytes (sliding-window layers: their last window only)."""
@@ -213,61 +226,82 @@ class Context:
         ptr = data.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
         return L.llama_state_seq_set_data(self.ptr, ptr, data.shape[0], seq_id) != 0
 
-    def decode(self, parts: list[tuple[int, int, list[int], int]]) -> tuple[int, list[int]]:
-        """Decode chunks ``(seq_id, start_pos, tokens, n_logits)`` in one batch.
+    def decode(self, parts: list[Part] | list[tuple[int, int, list[int], int]]) -> tuple[int, list[int]]:
+        """Decode ``parts`` (or ``(seq_id, start, tokens, n_logits)`` tuples) in one batch, in the given order.
 
-        A chunk's last ``n_logits`` tokens get output rows (1 to sample the next
-        token, more to check a draft). Returns llama_decode's status and the batch
-        indices of all output rows, in the chunks' order.
-
-        The batch is first padded to a fast micro-batch shape (:mod:`clawlan.engine.microbatch`):
-        filler tokens in unused streams, removed again here, and output rows nobody reads.
+        A part's last ``n_logits`` tokens get output rows (1 to sample the next token, more to
+        check a draft), its first ``n_head`` too (rows nobody reads, for a faster shape).
+        Returns llama_decode's status and the batch indices of the ``n_logits`` rows, in the
+        parts' order.
         """
-        plan = [Part(sid, start, tokens, n_logits, index=k) for k, (sid, start, tokens, n_logits) in enumerate(parts)]
-        if self.pad_steps and sum(n for *_, n in parts) > 1:
-            plan = pad(
-                plan,
-                streams=not self.unified,
-                n_seq=self.n_seq,
-                n_ubatch=self.n_batch,
-                next_pos=lambda s: L.llama_memory_seq_pos_max(self.memory, s) + 1,
-                stream_cells=self.n_ctx // self.n_seq if not self.unified else self.n_ctx,
-                quantum=self.row_quantum,
-            )
         i = 0
-        rows: dict[int, list[int]] = {}
-        seq_id = self.batch.seq_id
-        for p in plan:
+        rows: list[int] = []
+        for q in parts:
+            p = q if isinstance(q, Part) else Part(*q)
             n = len(p.tokens)
+            if i + n > self.n_batch:
+                # Writing past the batch corrupts memory and llama.cpp aborts the process.
+                raise EngineError(f"a step of more than {self.n_batch} tokens does not fit the batch")
             self._tok[i : i + n] = p.tokens
             self._pos[i : i + n] = np.arange(p.start, p.start + n, dtype=np.int32)
+            self._seq[i : i + n] = p.seq_id
             self._logits[i : i + n] = 0
             self._logits[i : i + p.n_head] = 1
-            for j in range(i, i + n):
-                seq_id[j][0] = p.seq_id
             i += n
             if p.n_logits:
                 self._logits[i - p.n_logits : i] = 1
-                rows[p.index] = list(range(i - p.n_logits, i))
+                rows.extend(range(i - p.n_logits, i))
         self.batch.n_tokens = i
-        try:
-            status = L.llama_decode(self.ptr, self.batch)
-        finally:
-            for p in plan:
-                if p.filler:
-                    self.seq_rm(p.seq_id, p.start, -1)
-        return status, [r for k in range(len(parts)) for r in rows.get(k, ())]
+        # Output rows are stored in batch order (llama.h): batch index -> row of llama_get_logits.
+        self._out_row = np.cumsum(self._logits[:i], dtype=np.int32) - 1
+        self._all = None
+        return L.llama_decode(self.ptr, self.batch), rows
 
     def logits(self, index: int) -> np.ndarray:
+        """Row ``index``'s logits, a view of llama.cpp's buffer (valid until the next decode)."""
         ptr = L.llama_get_logits_ith(self.ptr, index)
         return np.ctypeslib.as_array(ptr, shape=(self._vocab,))
+
+    def logits_rows(self, index: int, n: int) -> np.ndarray:
+        """The logits of output rows at batch indices ``index .. index + n - 1`` (all output
+        rows, as a chunk's are), as one ``(n, n_vocab)`` view: one numpy call per chunk instead
+        of a pointer lookup and a view per row. Valid until the next decode."""
+        if self._all is None:
+            n_out = int(self._out_row[-1]) + 1
+            self._all = np.ctypeslib.as_array(L.llama_get_logits(self.ptr), shape=(n_out, self._vocab))
+        first = int(self._out_row[index])
+        return self._all[first : first + n]
+
+    def device_greedy(self, seq_id: int, on: bool) -> bool:
+        """Take ``seq_id``'s argmax inside llama.cpp's graph (or stop); whether it is now on.
+        Then only the sampled token comes back (:meth:`sampled`), not the logits row. At most
+        one output row per such sequence and step, or llama_decode fails with -1."""
+        if on == (seq_id in self._greedy):
+            return on
+        if on:
+            chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            if not L.llama_set_sampler(self.ptr, seq_id, chain):
+                L.llama_sampler_free(chain)
+                return False
+            self._greedy[seq_id] = chain
+            return True
+        chain = self._greedy.pop(seq_id)
+        L.llama_set_sampler(self.ptr, seq_id, None)  # detached before it is freed: llama.cpp borrows it
+        L.llama_sampler_free(chain)
+        return False
+
+    def sampled(self, index: int) -> int:
+        """The token llama.cpp sampled on the device for output row ``index`` (-1: none)."""
+        return int(L.llama_get_sampled_token_ith(self.ptr, index))
 
     def clear(self) -> None:
         L.llama_memory_clear(self.memory, True)
 
     def close(self) -> None:
         if self.ptr:
-            L.llama_batch_free(self.batch)
+            for seq_id in list(self._greedy):
+                self.device_greedy(seq_id, False)
             L.llama_free(self.ptr)
             self.ptr = None
 

@@ -1,4 +1,5 @@
-"""How llama.cpp cuts a batch into micro-batches, and padding a decode step to a fast shape.
+"""The CPU policy's machinery (:mod:`clawlan.engine.policy` decides where it applies): how
+llama.cpp cuts a batch into micro-batches, and padding a decode step to a fast shape.
 
 Two facts about llama.cpp's CPU path, measured on a 2-core x86 machine (docs/benchmarks.md):
 
@@ -26,7 +27,7 @@ A filler token costs a pass through the model body (about 1.4 ms here, beside se
 few hundred tokens; :func:`pad` keeps fillers out of longer streams) and a micro-batch saved is
 15-25 ms, so a few fillers between decoders pay; at the edges, where they only round the
 rows up, fewer are allowed. The scheduler picks draft lengths that round well
-(:func:`rounded_tokens`).
+(:func:`rounded_tokens`, through the policy).
 """
 
 from __future__ import annotations
@@ -34,11 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-ROW_QUANTUM = 4  # tinyBLAS tiles output rows in fours (also ARM's repacked Q8_0 kernels)
-# Output-matrix types llamafile's tinyBLAS multiplies on the CPU (its sgemm.cpp); others (Q6_K,
-# ...) take ggml's own path, which has no four-row tiles, so their rows are not rounded (reasoned
-# from the source, not measured: only the embedded model's Q8_0 was at hand).
-TILED_TYPES = frozenset({"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "IQ4_NL"})
+ROW_QUANTUM = 4  # tinyBLAS tiles output rows in fours (also ARM's repacked Q8_0 kernels); policy.py decides where
 GAP_FILLER_TOKENS = 8  # most filler tokens spent to keep a step's sequences one micro-batch
 EDGE_FILLER_TOKENS = 4  # most filler tokens spent beside the run just to round the rows up
 FILLER_SPAN = 1024  # a filler may stretch the step's attention span to this many cells, no further
@@ -58,12 +55,6 @@ class Part:
 
     def __post_init__(self) -> None:
         assert self.n_head + self.n_logits <= len(self.tokens)
-
-
-def row_quantum(output_type: str | None, gpu_layers: int) -> int:
-    """Output rows are rounded to this many: ``ROW_QUANTUM`` where the vocabulary matrix
-    (``output_type``, a GGUF tensor type name) is multiplied by tinyBLAS on the CPU, else 1."""
-    return ROW_QUANTUM if gpu_layers == 0 and output_type in TILED_TYPES else 1
 
 
 def _rounded(rows: int, quantum: int) -> bool:

@@ -20,9 +20,14 @@ Policy, in order:
 5. **max_wait_ms**: when the engine is idle and a request arrives, it waits
    up to that long (or until a full batch is waiting) so arrivals prefill
    together; not for a prompt that fills a step alone or is mostly cached.
-6. **Out of memory**: when ``llama_decode`` finds no room, the effective
-   batch drops by one (the seed's "lower batch_size step by step from 8"),
-   the newest sequence is preempted, and the step is retried.
+6. **Out of memory**: when ``llama_decode`` finds no KV slot (status 1), idle
+   cache entries go first; with none left the effective batch drops by one
+   (the seed's "lower batch_size step by step from 8") and the newest
+   sequence is preempted, its KV dropped. When the device cannot allocate the
+   step's buffers (status -2, ggml's ALLOC_FAILED: "CUDA out of memory"), the
+   effective batch is halved (down to 1; alone, the prompt chunk is halved).
+   The step is retried. (-3 is a failed computation, not memory: its step's
+   requests end with an error.)
 7. **Drafts** (speculative decoding): a decoder whose recent text repeats
    earlier text gets a guess at its next tokens (:mod:`clawlan.engine.draft`)
    fed in the same step. Every drafted token adds an output row through the
@@ -39,8 +44,8 @@ Policy, in order:
    tokens (the median of their own drafts' lengths, rounded so that output rows
    come in fours; each decoder fills it with its best guess, down to a one-token
    match), and prompt chunks ride in the decode step (llama.cpp runs them as a micro-batch of their own; mixing
-   costs nothing here, 304 ms against 296 ms apart). A free stream among the
-   decoders is filled in by ``llama.Context.decode`` (:mod:`clawlan.engine.microbatch`).
+   costs nothing here, 304 ms against 296 ms apart). What of this a backend
+   gets (fillers and rounded rows on a CPU only) is :mod:`clawlan.engine.policy`'s.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from dataclasses import dataclass, field
 
 from clawlan.engine.draft import NGRAM_MIN, NGRAM_SHORTEST, NgramIndex
 from clawlan.engine.kv_cache import KVCache
-from clawlan.engine.microbatch import ROW_QUANTUM, rounded_tokens
+from clawlan.engine.policy import StepPolicy, cpu_policy
 from clawlan.engine.sequence import Sequence, Status
 
 log = logging.getLogger(__name__)
@@ -64,19 +69,18 @@ class Chunk:
     n: int  # tokens fed, the draft included
     draft: list[int] = field(default_factory=list)  # guessed tokens fed after the sequence's own
 
+    # Fixed when the chunk is made (the sequence's tokens grow only after the step): read
+    # several times per chunk and step, at 64 sequences a property's recomputation adds up.
+    wants_logits: bool = field(init=False)  # it ends at the sequence's last token: it samples the next
+    n_logits: int = field(init=False)  # output rows: one to sample from, plus one per drafted token
+
+    def __post_init__(self) -> None:
+        self.wants_logits = self.start + self.n - len(self.draft) == len(self.seq.tokens)
+        self.n_logits = len(self.draft) + 1 if self.wants_logits else 0
+
     @property
     def tokens(self) -> list[int]:
         return self.seq.tokens[self.start : self.start + self.n - len(self.draft)] + self.draft
-
-    @property
-    def wants_logits(self) -> bool:
-        """The chunk ends at the sequence's last token, so it samples the next one."""
-        return self.start + self.n - len(self.draft) == len(self.seq.tokens)
-
-    @property
-    def n_logits(self) -> int:
-        """Output rows: one to sample from, plus one per drafted token to check it."""
-        return len(self.draft) + 1 if self.wants_logits else 0
 
 
 @dataclass
@@ -102,7 +106,7 @@ class Scheduler:
         draft_tokens: int = 0,
         draft_rows: int = 0,
         mix_prefill: bool = False,
-        row_quantum: int = ROW_QUANTUM,
+        policy: StepPolicy | None = None,
     ) -> None:
         self.kv = kv
         self.batch_size = batch_size
@@ -114,9 +118,10 @@ class Scheduler:
         self.max_seq_tokens = max_seq_tokens
         self.draft_tokens = draft_tokens
         self.draft_rows = draft_rows
-        self.streams = kv.streams
-        self.mix_prefill = mix_prefill or self.streams
-        self.row_quantum = row_quantum  # output rows per tile of the vocabulary product (microbatch.py)
+        # How steps are shaped for the backend (policy.py); the CPU's unless told otherwise.
+        self.policy = policy if policy is not None else cpu_policy(kv.streams)
+        assert self.policy.streams == kv.streams, "the policy and the KV cache disagree on the layout"
+        self.mix_prefill = mix_prefill or kv.streams
         self._prefill_turn = True  # without mixing: whose turn it is when both kinds wait
         self._offload_due = False  # work was admitted: move idle entries out after this step
         self.waiting: deque[Sequence] = deque()
@@ -163,7 +168,7 @@ class Scheduler:
         step = Step()
         budget = self._add_decoders(step, decoders, self.token_budget)
         self._add_prompt_chunks(step, prompts, budget)
-        if self.streams:
+        if self.policy.ordered:
             step.chunks.sort(key=lambda c: c.seq.seq_id or 0)  # one micro-batch: ids in order
         return step
 
@@ -180,7 +185,7 @@ class Scheduler:
         """Oldest first: each decoder's pending token, plus a draft where one is worth it.
         Returns the token budget left."""
         spare = max(0, self.draft_rows - len(decoders))
-        even = self._even_drafts(decoders, budget) if self.streams else None
+        even = self._even_drafts(decoders, budget) if self.policy.ordered else None
         for i, seq in enumerate(decoders):
             if seq.status is not Status.RUNNING:
                 continue  # preempted while making room for an older one
@@ -208,16 +213,16 @@ class Scheduler:
         The length also fits every decoder's context: one decoder drafting less than the others
         would split the step."""
         n = len(decoders)
-        if not n:
-            return []
+        if not n or self.draft_tokens <= 0:
+            return [[] for _ in decoders]
         each = min(max(0, self.draft_rows - n) // n, (budget - n) // n)
         # Only a decoder's own draft (a match of 2+ tokens) votes: a guess from one token is too
         # weak to buy rows with, only good enough to fill rows bought anyway.
         own = [self._draft(seq, each) for seq in decoders]
         k = sorted(len(d) for d in own)[(n - 1) // 2]
         k = min([k] + [self.max_seq_tokens - len(seq.tokens) - 1 for seq in decoders])  # all must fit
-        spare = len(self.kv.slots) - len(self.running)  # free streams, for fillers (microbatch.py)
-        k = max(0, rounded_tokens(n, 1 + k, spare, self.row_quantum) - 1)  # output rows come in fours
+        spare = len(self.kv.slots) - len(self.running)  # free streams, for fillers (policy.py)
+        k = max(0, self.policy.draft_tokens(n, 1 + k, spare) - 1)  # e.g. output rows in fours on a CPU
         # An own draft at least k long is already the best guess (the same lookup, longer match first).
         guesses = [
             d if len(d) >= k else self._guess(seq, k, shortest=NGRAM_SHORTEST)
@@ -331,12 +336,12 @@ class Scheduler:
             self.kv.evict(n)
         return True
 
-    def preempt(self, seq: Sequence) -> None:
+    def preempt(self, seq: Sequence, keep: bool = True) -> None:
         """Free a running sequence's KV; it waits at the head of the queue to be recomputed."""
         log.info("preempting %s to free KV cells", seq.request_id)
         assert seq.seq_id is not None
         # Its KV becomes an idle entry: evicted first under pressure, reused on readmission if it survives.
-        self.kv.release(seq.seq_id, now=seq.arrival, keep=True)
+        self.kv.release(seq.seq_id, now=seq.arrival, keep=keep)
         self.running.remove(seq)
         seq.seq_id = None
         seq.n_computed = 0
@@ -357,7 +362,8 @@ class Scheduler:
             c.seq.n_computed = c.start + c.n
             if not c.draft:
                 continue
-            accepted = len(sampled[c.seq]) - 1  # every sampled token but the last matched the draft
+            # Every sampled token but the last matched the draft; none if sampling failed.
+            accepted = max(0, len(sampled.get(c.seq, ())) - 1)
             self.drafted += len(c.draft)
             self.accepted += accepted
             if accepted < len(c.draft):
@@ -379,16 +385,36 @@ class Scheduler:
             if c.seq.seq_id is not None:
                 self.kv.trim(c.seq.seq_id, c.start)
 
-    def on_out_of_memory(self, step: Step) -> None:
-        """llama_decode found no room: lower the effective batch by one and preempt the newest."""
+    def on_out_of_memory(self, step: Step, status: int = 1) -> Sequence | None:
+        """``llama_decode`` failed for lack of memory; make the retry smaller. Status 1 (no KV
+        slot: llama.cpp's cells ran out before our accounting's): idle entries go, else the
+        effective batch drops by one. Status -2 (the device could not allocate the step's
+        buffers): the effective batch is halved. Returns a sequence that cannot run even alone
+        (the caller ends it), else None."""
         self.rollback(step)
         self.oom_events += 1
-        if len(self.running) <= 1:
-            raise MemoryError("llama_decode has no room even for one sequence")
-        self.effective_batch = max(1, min(self.effective_batch, len(self.running)) - 1)
-        log.warning("llama_decode out of memory: effective batch lowered to %d", self.effective_batch)
+        kv_short = status == 1
+        if kv_short and any(not s.busy and s.tokens for s in self.kv.slots):
+            self.kv.evict(self.kv.n_cells)
+            log.warning("llama_decode found no KV slot: idle cache entries dropped")
+            return None
+        live = min(self.effective_batch, len(self.running))
+        if live <= 1:
+            seq = self.running[0] if self.running else None
+            if not kv_short and step.n_tokens > 1 and self.token_budget > 1:
+                self.token_budget //= 2  # a lone prompt chunk: try half of it
+                self.effective_batch = min(self.effective_batch, self.token_budget)  # decoders must fit
+                log.warning("device out of memory: step budget lowered to %d tokens", self.token_budget)
+                return None
+            return seq
+        self.effective_batch = live - 1 if kv_short else max(1, live // 2)
+        log.warning(
+            "llama_decode out of memory (status %d): batch lowered to %d", status, self.effective_batch
+        )
         while len(self.running) > self.effective_batch:
-            self.preempt(max(self.running, key=lambda s: s.order))
+            # No KV slot: llama.cpp's cells are short, so the victim's KV goes too.
+            self.preempt(max(self.running, key=lambda s: s.order), keep=not kv_short)
+        return None
 
     def append_token(self, seq: Sequence, token: int, is_eog: bool) -> str | None:
         """Add a sampled token; return a finish reason if the sequence is done."""

@@ -64,8 +64,5 @@ class Sequence:
     def decoding(self) -> bool:
         return self.n_pending == 1 and self.n_generated > 0
 
-    def generated(self) -> list[int]:
-        return self.tokens[self.n_prompt :]
-
     def __repr__(self) -> str:
         return f"Sequence({self.request_id}, {self.status.value}, seq={self.seq_id}, {self.n_computed}/{len(self.tokens)})"

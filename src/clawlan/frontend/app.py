@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-import ipaddress
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -41,8 +41,9 @@ from starlette.staticfiles import StaticFiles
 
 from clawlan import __version__
 from clawlan.discovery.browser import Backend, Discoverer
+from clawlan.discovery.trust import PINS_FILE, TrustStore
 from clawlan.errors import ClawlanError, InvalidRequest, NotFound, RequestError
-from clawlan.frontend import documents
+from clawlan.frontend import documents, security, trust_routes
 from clawlan.frontend.health import Health, HealthProbe
 from clawlan.frontend.modes import DEFAULT_MODE, LIBRARY_MODE, MODES, system_message
 from clawlan.frontend.proxy import RETRYABLE, Opened, Upstream, UpstreamError, sse_events
@@ -83,6 +84,9 @@ class FrontConfig:
     max_tokens: int = 512
     request_defaults: dict[str, Any] = field(default_factory=dict)
     segmenter: str = "jieba"
+    trusted_backends: list[str] = field(default_factory=list)
+    trusted_hosts: list[str] = field(default_factory=list)
+    local_api_keys: list[str] = field(default_factory=list)
 
     @classmethod
     def from_settings(cls, section: Any, **extra: Any) -> FrontConfig:
@@ -102,10 +106,7 @@ def _json_error(exc: RequestError) -> JSONResponse:
 
 
 def _is_loopback(host: str | None) -> bool:
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+    return security.is_loopback(host)
 
 
 class Frontend:
@@ -115,15 +116,17 @@ class Frontend:
         self.cfg = cfg
         data = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
         data.mkdir(parents=True, exist_ok=True)
+        os.chmod(data, 0o700)  # conversations, uploads and pins: the owner's only
         self.data_dir = data
         self.store = Store(data / "clawlan-front.sqlite3")
         self.index = Index(self.store.db, self.store.lock, Segmenter(cfg.segmenter, cache_dir=data))
+        self.trust = TrustStore(data / PINS_FILE, cfg.trusted_backends)
         self.discoverer = Discoverer(
             cfg.discovery_protocol, cfg.fallback_timeout, cfg.static_backend, interfaces=cfg.mdns_interfaces or None,
-            **({"service_type": cfg.mdns_service_type} if cfg.mdns_service_type else {}),
+            **({"service_type": cfg.mdns_service_type} if cfg.mdns_service_type else {}), trust=self.trust,
         )
         self.limiter = SessionLimiter(cfg.max_concurrent_sessions)
-        self.upstream = Upstream(self.discoverer, cfg.api_key)
+        self.upstream = Upstream(self.discoverer, cfg.api_key, trust=self.trust)
         self.health = HealthProbe()
         self.last_backend: Backend | None = None  # where the last chat request went
         self.backend_down = False  # the last chat request found no back end
@@ -178,10 +181,10 @@ class Frontend:
                 except ClawlanError as exc:
                     errors.append(str(exc))
                     continue
-                doc_id = self.store.add_document(
-                    str(path.relative_to(root)), len(text), source=src, mtime=st.st_mtime, size=st.st_size
+                self.index.add_document(
+                    self.store, documents.chunk(text), name=str(path.relative_to(root)), chars=len(text),
+                    source=src, mtime=st.st_mtime, size=st.st_size,
                 )
-                self.index.add(doc_id, documents.chunk(text))
         else:
             errors.append(f"{folder}: docs folder not found")
         for src, d in known.items():
@@ -192,9 +195,15 @@ class Frontend:
         return self.library_state
 
     async def backend_health(self, backend: Backend, *, fresh: bool = False) -> Health:
-        # The probe goes through the chat's own HTTP client, so it reaches the back end the way a
-        # chat does (with a trust-pinned client, that client: Upstream.client_for once it exists).
-        return await self.health.check(backend.base_url, self.upstream.client, fresh=fresh)
+        # The probe goes the way a chat does: through the client pinned to the server's certificate, and
+        # never to a server the chat would not use.
+        try:
+            client = await self.upstream.client_for(backend)
+        except UpstreamError as exc:
+            return Health("down", detail=exc.message)
+        except OSError as exc:  # the certificate could not be fetched: nothing answers there
+            return Health("down", detail=type(exc).__name__)
+        return await self.health.check(backend.base_url, client, fresh=fresh)
 
     def default_mode(self) -> str:
         """Customer service once the library has files; a general assistant until then."""
@@ -206,10 +215,9 @@ class Frontend:
         return self.store.prompt(mode) or MODES[mode].default_prompt
 
     def admin_allowed(self, request: Request) -> bool:
-        # The person at the box is its admin; anyone else on the LAN needs the token.
-        if self.cfg.admin_token:
-            return request.headers.get("x-admin-token") == self.cfg.admin_token
-        return _is_loopback(request.client.host if request.client else None)
+        # The person at the box is its admin (token or not); anyone else on the LAN needs the token.
+        return security.admin_allowed(request.client.host if request.client else None,
+                                      request.headers.get("x-admin-token"), self.cfg.admin_token)
 
     # -- retrieval ---------------------------------------------------------------
     def retrieve(self, conv: dict[str, Any], question: str) -> list[Hit]:
@@ -315,8 +323,8 @@ class Frontend:
                             delta = (choice.get("delta") or {}).get("content") or ""
                             if delta:
                                 text += delta
-                                # Stored before it is shown: a crash never loses text the user saw, and
-                                # another tab following this answer sees it even if the stream then stalls.
+                                # Stored before it is shown: a kill -9 of either process never loses
+                                # text the user saw (a WAL commit without fsync is a page-cache write).
                                 self.store.update_message(mid, content=text)
                                 put({"type": "delta", "text": delta})
                         if ev.get("usage"):
@@ -425,6 +433,7 @@ def build_app(cfg: FrontConfig) -> Starlette:
             "sessions": fe.limiter.snapshot(),
             "render_mode": cfg.render_mode,
             "library": {**fe.library_state, "documents": len(fe.store.documents(None))},
+            "backends": fe.discoverer.candidates(),  # trust state of each advertised server (pending: not used)
             "admin": fe.admin_allowed(request),
             "version": __version__,
         })
@@ -483,14 +492,24 @@ def build_app(cfg: FrontConfig) -> Starlette:
         body = await read_json(request)
         if cid in fe.running:
             raise InvalidRequest("an answer is still being generated in this conversation; stop it first")
+        # Claim the conversation before the first await below: a second send arriving meanwhile is refused.
+        reserved: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fe.running[cid] = reserved  # type: ignore[assignment]
+        try:
+            return await start_answer(cid, conv, body)
+        finally:
+            if fe.running.get(cid) is reserved:
+                fe.running.pop(cid, None)  # the answer never started (bad request, deleted conversation)
+
+    async def start_answer(cid: str, conv: dict[str, Any], body: dict[str, Any]) -> Response:
+        old_ids: list[int] = []
         if body.get("regenerate"):
             msgs = fe.store.messages(cid)
             last_user = next((m for m in reversed(msgs) if m["role"] == "user"), None)
             if last_user is None:
                 raise InvalidRequest("nothing to regenerate")
-            after = [m for m in msgs if m["id"] > last_user["id"]]
-            if after:
-                fe.store.delete_messages_from(cid, after[0]["id"])
+            # The old answer stays until the new one is stored (replace_answer), so a failure loses nothing.
+            old_ids = [m["id"] for m in msgs if m["id"] > last_user["id"]]
             question = last_user["content"]
             user_id = last_user["id"]
         else:
@@ -505,7 +524,8 @@ def build_app(cfg: FrontConfig) -> Starlette:
         mid = fe.store.add_message(cid, "assistant", "", status="streaming", sources=sources)
         q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         await q.put({"type": "begin", "user_id": user_id, "id": mid, "title": conv["title"], "sources": sources})
-        task = asyncio.create_task(fe.generate(cid, mid, fe.chat_body(conv, mid, question, hits), q))
+        chat = fe.chat_body(conv, old_ids[0] if old_ids else mid, question, hits)
+        task = asyncio.create_task(replace_answer(cid, mid, chat, q, old_ids))
         fe.running[cid] = task
 
         async def events() -> AsyncIterator[bytes]:
@@ -531,6 +551,18 @@ def build_app(cfg: FrontConfig) -> Starlette:
             events(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
         )
 
+    async def replace_answer(cid: str, mid: int, chat: dict[str, Any], q: asyncio.Queue[dict[str, Any] | None],
+                             old_ids: list[int]) -> None:
+        await fe.generate(cid, mid, chat, q)
+        if not old_ids:
+            return
+        # Synchronous from here: runs before the page can read the conversation again.
+        new = next((m for m in fe.store.messages(cid) if m["id"] == mid), None)
+        if new is not None and new["content"]:
+            fe.store.delete_messages(cid, old_ids)  # the new answer exists: now the old one may go
+        else:
+            fe.store.delete_messages(cid, [mid])  # nothing came: the conversation stays as it was
+
     async def stop(request: Request) -> Response:
         cid = request.path_params["cid"]
         conv_or_404(cid)
@@ -546,14 +578,21 @@ def build_app(cfg: FrontConfig) -> Starlette:
         if not name:
             raise InvalidRequest("missing X-Filename header", param="file")
         documents.kind_of(name)
-        data = await request.body()
-        text = await asyncio.to_thread(documents.extract, name, data)
-        chunks = documents.chunk(text)
-        doc_id = fe.store.add_document(name, len(text), conversation_id=cid, size=len(data))
-        await asyncio.to_thread(fe.index.add, doc_id, chunks)
+        # Counted as it streams in: an oversized upload is refused at the cap, never buffered whole.
+        data = await security.read_capped(request.stream(), request.headers.get("content-length"),
+                                          documents.MAX_BYTES, name)
+
+        def index() -> tuple[int, int]:
+            # Extraction, chunking and indexing are CPU work: off the event loop, one transaction at the end.
+            text = documents.extract(name, data)
+            chunks = documents.chunk(text)
+            return fe.index.add_document(fe.store, chunks, name=name, chars=len(text), conversation_id=cid,
+                                         size=len(data)), len(chunks)
+
+        doc_id, n_chunks = await asyncio.to_thread(index)
         # An upload switches the conversation to document analysis: that is why one uploads.
         fe.store.update_conversation(cid, mode="document")
-        return JSONResponse({**(fe.store.document(doc_id) or {}), "chunks": len(chunks)}, status_code=201)
+        return JSONResponse({**(fe.store.document(doc_id) or {}), "chunks": n_chunks}, status_code=201)
 
     async def delete_document(request: Request) -> Response:
         cid = request.path_params["cid"]
@@ -593,15 +632,25 @@ def build_app(cfg: FrontConfig) -> Starlette:
 
     async def openai_proxy(request: Request) -> Response:
         """Forward /v1/* to the back end, unbuffered; generation requests take a session slot."""
-        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        # Only the OpenAI routes, normalized: /v1/../metrics must not reach the back end's other routes.
+        clean = security.proxied_path(request.scope["path"])
+        if clean is None:
+            raise NotFound(f"{request.scope['path']} is not an OpenAI route of this endpoint")
+        path = clean + (f"?{request.url.query}" if request.url.query else "")
         body = await request.body()
-        headers = {k: v for k, v in request.headers.items() if k in ("content-type", "accept", "authorization")}
-        generates = request.method == "POST" and request.url.path.rstrip("/").endswith(("/completions", "/embeddings"))
+        # The box's key is added for callers on the box, or holding a local key; others bring their own.
+        trusted = security.caller_gets_key(request.client.host if request.client else None,
+                                           request.headers.get("authorization"), cfg.local_api_keys)
+        forward = ("content-type", "accept") if trusted and cfg.local_api_keys else (
+            "content-type", "accept", "authorization")
+        headers = {k: v for k, v in request.headers.items() if k in forward}
+        generates = request.method == "POST" and clean.endswith(("/completions", "/embeddings"))
         ticket = fe.limiter.ticket() if generates else None
         try:
             if ticket is not None:
                 await ticket.wait()
-            opened = await fe.upstream.open(request.method, path, content=body or None, headers=headers)
+            opened = await fe.upstream.open(request.method, path, content=body or None, headers=headers,
+                                            add_key=trusted)
         except UpstreamError as exc:
             if ticket:
                 ticket.release()
@@ -655,9 +704,12 @@ def build_app(cfg: FrontConfig) -> Starlette:
         Route("/api/modes", modes),
         Route("/api/modes/{mode}", one_mode, methods=["GET", "PUT", "DELETE"]),
         Route("/api/library/rescan", rescan, methods=["POST"]),
+        *trust_routes.routes(fe, require_admin),
         Route("/v1/{rest:path}", openai_proxy, methods=["GET", "POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={RequestError: on_error}, lifespan=lifespan)
+    names = lambda: security.own_names(cfg.host, cfg.trusted_hosts)  # noqa: E731
+    guard = Middleware(security.WebGuard, allowed_hosts=names(), refresh=names)
+    app = Starlette(routes=routes, exception_handlers={RequestError: on_error}, lifespan=lifespan, middleware=[guard])
     app.state.frontend = fe
     return app

@@ -55,6 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="browse mDNS only on this interface address (repeatable; default: all)")
     # Tests browse a private service type so parallel runs never see each other's servers.
     p.add_argument("--mdns-service-type", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--trusted-backend", action="append", default=None, metavar="SHA256",
+                   help="fingerprint of a back end to use without an admin's accept (repeatable)")
+    p.add_argument("--trusted-host", action="append", default=None, metavar="NAME",
+                   help="extra Host name the page answers to, e.g. chat.office.lan (repeatable)")
     p.add_argument("--admin-token", default=None,
                    help="token for editing prompts from other machines (default: only from this box)")
     p.add_argument("--segmenter", choices=["jieba", "jieba-full", "bigram"], default=None,
@@ -120,6 +124,8 @@ def front_config(args: argparse.Namespace):  # noqa: ANN201 - FrontConfig, impor
         "frontend.segmenter": args.segmenter,
         "frontend.max_tokens": args.max_tokens,
         "frontend.mdns_interfaces": args.mdns_interface,
+        "frontend.trusted_backends": args.trusted_backend,
+        "frontend.trusted_hosts": args.trusted_host,
         "frontend.request_defaults": _json_object(args.request_defaults),
     }
     loaded = load_settings(args.config, flags)
@@ -205,12 +211,17 @@ def launch(
     port: int | None = None,
     extra_args: Sequence[str] = (),
     wait_s: float = 20.0,
+    api_key: str | None = None,
 ) -> FrontProcess:
     """Start ``clawlan front`` as a child process and return once its page answers.
 
     ``clawlan run`` uses this with ``backend`` set to its own URL; the front end
-    still browses mDNS first unless the config says ``"static"``.
+    still browses mDNS first unless the config says ``"static"``. ``api_key``
+    reaches the child through its environment, not its command line (which
+    every user of the box can read in ``ps``).
     """
+    import os
+
     import httpx
 
     cmd = [sys.executable, "-m", "clawlan", "front", "--host", host]
@@ -221,7 +232,10 @@ def launch(
     if port is not None:
         cmd += ["--port", str(port)]
     cmd += list(extra_args)
-    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    env = dict(os.environ)
+    if api_key:
+        env["CLAWLAN_FRONTEND_API_KEY"] = api_key
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     url = f"http://{host}:{port or 8081}/"
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

@@ -5,24 +5,35 @@ A failure before the first byte (connection refused, the server gone, a 503
 while it loads) invalidates the address, asks discovery again and retries:
 the user has seen nothing, so nothing is lost. A failure after that is
 reported, never retried, because the tokens already shown cannot be unsent.
+
+Trust: an HTTPS back end is reached through a client that accepts exactly the
+certificate whose fingerprint is pinned (discovery/trust.py), checked before
+any request byte is sent; the box's API key goes only to such a verified
+server, to loopback, or to the back end configured by URL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import ipaddress
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from clawlan.discovery.browser import Backend, Discoverer
+from clawlan.discovery.trust import TrustStore, fetch_certificate, fingerprint_of_der, pinned_context
 
 log = logging.getLogger(__name__)
 
+# An SSE line longer than this is not an OpenAI stream (a misbehaving or hostile server): stop reading.
+MAX_SSE_LINE = 1 << 20
 RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
@@ -72,30 +83,77 @@ class Upstream:
         read_timeout_s: float = 120.0,
         retries: int = 3,
         retry_window_s: float = 30.0,
+        trust: TrustStore | None = None,
     ) -> None:
         self.discoverer = discoverer
         self.api_key = api_key
+        self.trust = trust or discoverer.trust
+        self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+        self._limits = httpx.Limits(max_connections=64, max_keepalive_connections=8)
+        self._pinned: dict[str, tuple[str, httpx.AsyncClient]] = {}  # base URL -> (fingerprint, verified client)
         self.retries = retries
         self.retry_window_s = retry_window_s
         # No pooled keep-alive beyond a few sockets: a NUC talks to one server.
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=8),
-        )
+        self.client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits)
         self._models: dict[str, str] = {}
 
     async def close(self) -> None:
         await self.client.aclose()
+        for _, c in self._pinned.values():
+            await c.aclose()
+        self._pinned.clear()
 
-    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+    @staticmethod
+    def key_allowed(backend: Backend) -> bool:
+        """The box's key goes to a verified (pinned) server, to loopback, or to the configured URL; never elsewhere."""
+        if backend.configured or backend.fingerprint:
+            return True
+        host = urlsplit(backend.base_url).hostname or ""
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return host == "localhost"
+
+    def _headers(self, backend: Backend, extra: dict[str, str] | None = None, *, add_key: bool = True) -> dict[str, str]:
         h = dict(extra or {})
-        if self.api_key:
+        if add_key and self.api_key and self.key_allowed(backend):
             h["authorization"] = f"Bearer {self.api_key}"
         return h
 
+    async def client_for(self, backend: Backend) -> httpx.AsyncClient:
+        """The client for this back end; for HTTPS one pinned to its certificate, checked before use."""
+        if not backend.base_url.startswith("https://"):
+            if backend.how == "mDNS":
+                raise UpstreamError(f"{backend.base_url}: plain HTTP from mDNS is never used", status=502)
+            return self.client
+        cached = self._pinned.get(backend.base_url)
+        if cached is not None and (not backend.fingerprint or cached[0] == backend.fingerprint):
+            return cached[1]
+        parts = urlsplit(backend.base_url)
+        der = await asyncio.to_thread(fetch_certificate, parts.hostname or "", parts.port or 443)
+        seen = fingerprint_of_der(der)
+        if backend.fingerprint and seen != backend.fingerprint:
+            self.discoverer.mismatch(backend.base_url, backend.fingerprint, seen)
+            raise UpstreamError(f"{backend.base_url}: TLS key does not match the pinned fingerprint", status=502)
+        if not backend.fingerprint and not self.trust.trusted(seen):
+            # A configured https:// URL with an unpinned key: trust what the system's CAs say of it.
+            return self.client
+        client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits, verify=pinned_context(der))
+        self._pinned[backend.base_url] = (seen, client)
+        if cached is not None:
+            await cached[1].aclose()
+        return client
+
+    def forget(self, base_url: str) -> None:
+        """Drop a cached pinned client (its server failed): the next use checks the certificate again."""
+        cached = self._pinned.pop(base_url.rstrip("/"), None)
+        if cached is not None:
+            task = asyncio.ensure_future(cached[1].aclose())
+            task.add_done_callback(lambda t: t.exception())
+
     async def open(
         self, method: str, path: str, *, content: bytes | None = None, headers: dict[str, str] | None = None,
-        retries: int | None = None,
+        add_key: bool = True, retries: int | None = None,
     ) -> Opened:
         """Send and wait for the first body bytes, re-discovering and retrying on failure before them.
 
@@ -109,11 +167,21 @@ class Upstream:
             backend = await self.discoverer.aresolve()
             url = backend.base_url + path
             try:
-                req = self.client.build_request(method, url, content=content, headers=self._headers(headers))
-                resp = await self.client.send(req, stream=True)
-            except RETRYABLE + (httpx.TimeoutException,) as exc:
+                client = await self.client_for(backend)
+                pinned = self._pinned.get(backend.base_url)
+                if pinned is not None and client is pinned[1] and not backend.fingerprint:
+                    # A configured https:// URL whose key is pinned: say so (the page shows "verified").
+                    backend = dataclasses.replace(backend, fingerprint=pinned[0])
+                req = client.build_request(method, url, content=content,
+                                           headers=self._headers(backend, headers, add_key=add_key))
+                resp = await client.send(req, stream=True)
+            except UpstreamError as exc:
+                last = exc.message
+                self.discoverer.invalidate(backend.base_url)
+            except (*RETRYABLE, httpx.TimeoutException, OSError) as exc:
                 last = f"{backend.base_url}: {type(exc).__name__}"
                 log.warning("back end %s failed before answering (%s); discovering again", backend.base_url, exc)
+                self.forget(backend.base_url)
                 self.discoverer.invalidate(backend.base_url)
             else:
                 if resp.status_code == 503 and attempt < retries:
@@ -145,7 +213,8 @@ class Upstream:
             return backend.model
         if backend.base_url not in self._models:
             try:
-                r = await self.client.get(backend.base_url + "/v1/models", headers=self._headers(), timeout=5.0)
+                client = await self.client_for(backend)
+                r = await client.get(backend.base_url + "/v1/models", headers=self._headers(backend), timeout=5.0)
                 self._models[backend.base_url] = r.json()["data"][0]["id"]
             except Exception:  # noqa: BLE001 - the chat still works; the server picks its only model
                 return "default"
@@ -170,3 +239,6 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, An
                 yield json.loads(data)
             except ValueError:
                 log.debug("ignoring a non-JSON SSE line: %r", data[:80])
+        if len(buf) > MAX_SSE_LINE:
+            # What is left is one unfinished line: a real stream never sends one this long.
+            raise UpstreamError(f"the back end sent an SSE line over {MAX_SSE_LINE} bytes")

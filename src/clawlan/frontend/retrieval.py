@@ -159,13 +159,30 @@ class Index:
         with self.lock:
             self.db.execute("BEGIN")
             try:
-                for i, c, terms in rows:
-                    cur = self.db.execute("INSERT INTO chunks(doc_id, ord, text) VALUES (?,?,?)", (doc_id, i, c))
-                    self.db.execute("INSERT INTO chunk_terms(rowid, terms) VALUES (?,?)", (cur.lastrowid, terms))
+                self._insert(doc_id, rows)
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+
+    def add_document(self, store: Any, chunks: list[str], **doc: Any) -> int:
+        """Write a document row and its chunks in one transaction: a failure leaves neither behind."""
+        rows = [(i, c, self.seg.index_text(c)) for i, c in enumerate(chunks)]
+        with self.lock:
+            self.db.execute("BEGIN")
+            try:
+                doc_id = store.add_document(**doc)  # the same connection and (reentrant) lock: inside this BEGIN
+                self._insert(doc_id, rows)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return doc_id
+
+    def _insert(self, doc_id: int, rows: list[tuple[int, str, str]]) -> None:
+        for i, c, terms in rows:
+            cur = self.db.execute("INSERT INTO chunks(doc_id, ord, text) VALUES (?,?,?)", (doc_id, i, c))
+            self.db.execute("INSERT INTO chunk_terms(rowid, terms) VALUES (?,?)", (cur.lastrowid, terms))
 
     def search(self, query: str, doc_ids: list[int], k: int = 3) -> list[Hit]:
         if not doc_ids:

@@ -9,6 +9,7 @@ a crash or restart loses nothing the user has already seen; one left
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -61,6 +62,12 @@ class Store:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # Conversations are private: the file is the owner's only. SQLite gives its -wal and -shm files
+            # the database file's mode, so creating this one 0600 covers all three.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(self.path + suffix):
+                    os.chmod(self.path + suffix, 0o600)  # files made by an older version were 0644
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.lock = threading.RLock()
@@ -162,6 +169,10 @@ class Store:
         """Drop message ``mid`` and everything after it (regenerate)."""
         with self.lock:
             self.db.execute("DELETE FROM messages WHERE conversation_id=? AND id>=?", (cid, mid))
+
+    def delete_messages(self, cid: str, ids: list[int]) -> None:
+        with self.lock:
+            self.db.executemany("DELETE FROM messages WHERE conversation_id=? AND id=?", [(cid, i) for i in ids])
 
     # -- documents ----------------------------------------------------------
     def add_document(

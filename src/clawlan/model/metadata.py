@@ -1,13 +1,15 @@
-"""GGUF metadata, read with the ``gguf`` package (no llama.cpp needed)."""
+"""GGUF metadata: what the planner, the server and chat templates need, from the file's header."""
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clawlan.errors import ModelFileError
+from clawlan.model.gguf_file import ArrayInfo, GGUFFormatError, constants, read_header
 
 GGUF_MAGIC = b"GGUF"
 
@@ -37,6 +39,7 @@ class ModelInfo:
     file_type: str | None = None
     tensor_types: dict[str, int] = field(default_factory=dict)  # quant type -> bytes
     output_type: str | None = None  # the vocabulary matrix's type (output.weight, or the tied embedding)
+    tensor_bytes: dict[str, int] = field(default_factory=dict, repr=False)  # tensor name -> bytes
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -76,47 +79,35 @@ def check_header(path: Path) -> None:
         raise ModelFileError(f"{path} is truncated ({len(head)} bytes); copy or download the model again")
 
 
-def _field(reader: Any, key: str) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return None
-    try:
-        return f.contents()
-    except Exception:  # very old gguf packages lack contents(); metadata is optional
-        return None
-
-
 def read_metadata(path: str | Path) -> ModelInfo:
-    """Parse a GGUF file's header and tensor table; raise ModelFileError if it is damaged."""
-    from gguf import GGUFReader  # numpy-heavy; only the server side needs it
+    """Parse a GGUF file's header and tensor table; raise ModelFileError if it is damaged.
 
+    Plain reads through :mod:`clawlan.model.gguf_file`: nothing is mapped, the file is closed on
+    return, and neither numpy nor the ``gguf`` package's heavy imports are loaded.
+    """
     path = Path(path)
     check_header(path)
     size = path.stat().st_size
     try:
-        reader = GGUFReader(str(path), "r")
-    except Exception as exc:
+        header = read_header(path)
+    except (GGUFFormatError, UnicodeDecodeError, struct.error, OSError) as exc:
         raise ModelFileError(
             f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); copy or download the model again"
         ) from None
-    end = 0
-    types: Counter[str] = Counter()
-    n_params = 0
-    named: dict[str, str] = {}
-    for t in reader.tensors:
-        end = max(end, int(t.data_offset) + int(t.n_bytes))
-        types[t.tensor_type.name] += int(t.n_bytes)
-        n_params += int(t.n_elements)
-        if t.name in ("output.weight", "token_embd.weight"):
-            named[t.name] = t.tensor_type.name
+    end = header.data_end
     if end > size:
         raise ModelFileError(
             f"{path} is truncated: {size} bytes, but its tensors need {end}; copy or download the model again"
         )
-    arch = _field(reader, "general.architecture") or "unknown"
+    fields = header.fields
+    types: Counter[str] = Counter()
+    for t in header.tensors:
+        types[t.type_name] += t.n_bytes
+    named = {t.name: t.type_name for t in header.tensors}
+    arch = fields.get("general.architecture") or "unknown"
 
     def a(key: str, default: Any = None) -> Any:
-        v = _field(reader, f"{arch}.{key}")
+        v = fields.get(f"{arch}.{key}")
         return default if v is None else v
 
     n_heads = a("attention.head_count", 0)
@@ -128,24 +119,23 @@ def read_metadata(path: str | Path) -> ModelInfo:
     head_v = a("attention.value_length", head_k)
     window = a("attention.sliding_window")
     pattern = a("attention.sliding_window_pattern")
-    if isinstance(pattern, list):  # some converters store a per-layer bool list
+    if isinstance(pattern, (list, ArrayInfo)):  # some converters store a per-layer bool list
         pattern = None
     if window and pattern is None:
         pattern = SWA_PATTERN_DEFAULTS.get(arch)
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    ftype = _field(reader, "general.file_type")
+    tokens = fields.get("tokenizer.ggml.tokens")
+    ftype = fields.get("general.file_type")
     try:
-        from gguf import LlamaFileType
-
-        ftype_name = LlamaFileType(ftype).name.removeprefix("MOSTLY_") if ftype is not None else None
-    except Exception:
+        ftype_name = constants().LlamaFileType(ftype).name.removeprefix("MOSTLY_") if ftype is not None else None
+    except ValueError:  # a file type newer than the installed gguf package
         ftype_name = str(ftype) if ftype is not None else None
+    template = fields.get("tokenizer.chat_template")
     return ModelInfo(
         path=path,
         file_size=size,
         architecture=arch,
-        name=_field(reader, "general.name") or path.stem,
-        n_params=n_params,
+        name=fields.get("general.name") or path.stem,
+        n_params=sum(t.n_elements for t in header.tensors),
         n_layers=a("block_count", 0),
         n_embd=n_embd,
         n_heads=n_heads,
@@ -156,8 +146,9 @@ def read_metadata(path: str | Path) -> ModelInfo:
         vocab_size=len(tokens) if tokens is not None else a("vocab_size", 0),
         sliding_window=window,
         swa_pattern=pattern,
-        chat_template=_field(reader, "tokenizer.chat_template"),
+        chat_template=template if isinstance(template, str) else None,
         file_type=ftype_name,
         tensor_types=dict(types),
         output_type=named.get("output.weight", named.get("token_embd.weight")),
+        tensor_bytes={t.name: t.n_bytes for t in header.tensors},
     )

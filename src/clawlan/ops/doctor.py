@@ -152,27 +152,57 @@ def _ports(spec: str) -> set[int]:
     return out
 
 
+# A rule: the ports it covers (None: every port) and its target, a verdict (ACCEPT, DROP,
+# REJECT), RETURN, or another chain to jump to. Only unconditional rules are kept (protocol and
+# destination-port matches only): the others apply to some traffic (one source, interface or
+# connection state), so they cannot decide what a new connection from the LAN meets.
+Rule = tuple[set[int] | None, str]
+VERDICTS = ("ACCEPT", "DROP", "REJECT")
+MAX_JUMPS = 16  # chains calling chains deeper than this are a loop, not a firewall
+
+
+def chain_verdict(chains: dict[str, list[Rule]], chain: str, port: int, depth: int = 0) -> str | None:
+    """What ``chain`` does with a TCP connection to ``port``: a verdict, or None when it falls off
+    the end or RETURNs (the caller's next rule then applies). User chains are followed, as ufw's
+    INPUT -> ufw-before-input -> ufw-user-input, where ``ufw allow 8080`` puts its ACCEPT."""
+    if depth > MAX_JUMPS:
+        return None
+    for covered, target in chains.get(chain, []):
+        if covered is not None and port not in covered:
+            continue
+        if target in VERDICTS:
+            return target
+        if target == "RETURN":
+            return None
+        found = chain_verdict(chains, target, port, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
 def iptables_verdicts(rules: str, ports: Iterable[int]) -> dict[int, str]:
     """For each TCP port, what the INPUT chain of ``iptables-save``/``iptables -S`` output does.
 
-    Rules are walked in order; the first unconditional rule (only protocol and destination-port
-    matches) that covers the port decides, else the chain policy. Rules with other matches
-    (source address, interface, connection state) apply only to some traffic, so they are skipped.
+    Rules are walked in order, into the chains they jump to; the first verdict that covers the
+    port decides, else the INPUT chain's policy.
     """
     policy = "ACCEPT"
-    rule_list: list[tuple[set[int] | None, str]] = []
+    chains: dict[str, list[Rule]] = {}
     for line in rules.splitlines():
         line = line.strip()
         m = re.match(r"^(?::INPUT|-P INPUT)\s+(\w+)", line)
         if m:
             policy = m.group(1)
             continue
-        if not line.startswith("-A INPUT "):
+        m = re.match(r"^-A (\S+) (.*)$", line)
+        if not m:
             continue
-        target = re.search(r"-j (\w+)", line)
-        if not target or target.group(1) not in ("ACCEPT", "DROP", "REJECT"):
-            continue
-        body = re.sub(r"-j \w+.*$", "", line[len("-A INPUT ") :])
+        chain, body = m.groups()
+        target = re.search(r"-[jg] (\S+)", body)
+        if not target or target.group(1) in ("LOG", "NFLOG", "ULOG", "MARK", "CONNMARK"):
+            continue  # non-terminating targets: the next rule decides
+        body = body[: target.start()]
+        body = re.sub(r'-m comment --comment ("[^"]*"|\S+)', "", body)
         body = re.sub(r"-m (tcp|multiport)\b", "", body)
         portspec = re.search(r"--dports? (\S+)", body)
         body = re.sub(r"--dports? \S+", "", body)
@@ -182,44 +212,44 @@ def iptables_verdicts(rules: str, ports: Iterable[int]) -> dict[int, str]:
             continue
         if proto and proto.group(1) not in ("tcp", "all"):
             continue
-        rule_list.append((_ports(portspec.group(1)) if portspec else None, target.group(1)))
-    return {port: first_match(rule_list, port, policy) for port in ports}
-
-
-def first_match(rules: list[tuple[set[int] | None, str]], port: int, policy: str) -> str:
-    """The target of the first rule covering ``port`` (None covers every port), else the chain's policy."""
-    return next((target for covered, target in rules if covered is None or port in covered), policy)
+        chains.setdefault(chain, []).append((_ports(portspec.group(1)) if portspec else None, target.group(1)))
+    return {port: chain_verdict(chains, "INPUT", port) or policy for port in ports}
 
 
 def nft_verdicts(ruleset: str, ports: Iterable[int]) -> dict[int, str]:
-    """The same for ``nft list ruleset``: chains hooked on input, first matching rule, else policy."""
+    """The same for ``nft list ruleset``: every chain hooked on input, into the chains it jumps to,
+    first verdict, else its policy; any input chain that drops a port wins."""
     out: dict[int, str] = {p: "ACCEPT" for p in ports}
-    for chain in re.finditer(r"chain \S+ \{(.*?)\n\s*\}", ruleset, re.S):
-        body = chain.group(1)
-        if not re.search(r"hook input", body):
-            continue
-        pol = re.search(r"policy (\w+);", body)
-        policy = (pol.group(1) if pol else "accept").upper()
-        rules: list[tuple[set[int] | None, str]] = []
-        for line in body.splitlines():
-            line = line.strip()
-            m = re.search(r"\b(accept|drop|reject)\b", line)
-            if not m or line.startswith("type "):
-                continue
-            dport = re.search(r"tcp dport (\{[^}]*\}|\S+)", line)
-            rest = re.sub(
-                r"tcp dport (\{[^}]*\}|\S+)|\b(accept|drop|reject)\b|counter( packets \d+ bytes \d+)?|ip protocol tcp|meta l4proto tcp",
-                "",
-                line,
-            )
-            rest = re.sub(r"with \S+ \S+( \S+)?", "", rest).strip()
-            if rest:
-                continue
-            rules.append((_ports(dport.group(1)) if dport else None, m.group(1).upper()))
-        for port in out:
-            verdict = first_match(rules, port, policy)
-            if verdict != "ACCEPT":
-                out[port] = verdict  # any input chain that drops it wins
+    for table in re.finditer(r"^table (\S+ \S+) \{(.*?)^\}", ruleset, re.S | re.M):
+        chains: dict[str, list[Rule]] = {}
+        policies: dict[str, str] = {}
+        for chain in re.finditer(r"chain (\S+) \{(.*?)\n\s*\}", table.group(2), re.S):
+            name, body = chain.groups()
+            if re.search(r"hook input", body):
+                pol = re.search(r"policy (\w+);", body)
+                policies[name] = (pol.group(1) if pol else "accept").upper()
+            rules: list[Rule] = chains.setdefault(name, [])
+            for line in body.splitlines():
+                line = line.strip()
+                m = re.search(r"\b(accept|drop|reject|return)\b|\b(?:jump|goto) (\S+)", line)
+                if not m or line.startswith("type "):
+                    continue
+                dport = re.search(r"tcp dport (\{[^}]*\}|\S+)", line)
+                rest = re.sub(
+                    r"tcp dport (\{[^}]*\}|\S+)|\b(accept|drop|reject|return)\b|\b(jump|goto) \S+"
+                    r'|counter( packets \d+ bytes \d+)?|ip protocol tcp|meta l4proto tcp|comment "[^"]*"',
+                    "",
+                    line,
+                )
+                rest = re.sub(r"with \S+ \S+( \S+)?", "", rest).strip()
+                if rest:
+                    continue
+                rules.append((_ports(dport.group(1)) if dport else None, (m.group(1) or "").upper() or m.group(2)))
+        for name, policy in policies.items():
+            for port in out:
+                verdict = chain_verdict(chains, name, port) or policy
+                if verdict != "ACCEPT":
+                    out[port] = verdict
     return out
 
 
@@ -302,7 +332,7 @@ class Doctor:
                 Status.FAIL,
                 f"cannot resolve {host}: {exc.strerror}",
                 f"use the server's IP address (--backend 192.168.x.y:{self.target.port}), or add '{host}' to "
-                "/etc/hosts; give the server a static IP (the seed: DHCP changes break the link)",
+                "/etc/hosts; give the server a static IP (a DHCP change breaks the link)",
             )
             return None
         addr = str(infos[0][4][0])
@@ -393,8 +423,8 @@ class Doctor:
             self.add(
                 "rtt",
                 Status.WARN,
-                f"median /health round trip {rtt:.1f} ms, above the seed's {LAN_RTT_MS:g} ms LAN target",
-                "use wired Ethernet (the seed: 2.5 GbE), keep front end and server on one switch, "
+                f"median /health round trip {rtt:.1f} ms, above the {LAN_RTT_MS:g} ms a wired LAN should give",
+                "use wired Ethernet (2.5 GbE recommended), keep front end and server on one switch, "
                 "and check the server is not swapping or overloaded",
             )
 
@@ -454,7 +484,7 @@ class Doctor:
                 "firewall",
                 Status.SKIP,
                 "no readable nft/iptables rules (tool missing or not root)",
-                "check by hand that TCP 8080-8090 is allowed (the seed opens 8080-8090)",
+                "check by hand that TCP 8080-8090 is allowed (clawlan's ports)",
             )
             return
         verdicts = dict.fromkeys(PORT_RANGE, "ACCEPT")
@@ -481,7 +511,7 @@ class Doctor:
                 f"{v} TCP {_ranges([p for p in blocked if verdicts[p] == v])}"
                 for v in dict.fromkeys(verdicts[p] for p in blocked)
             ),
-            f"allow the seed's range: {fix} (or ufw allow 8080:8090/tcp)",
+            f"allow clawlan's ports 8080-8090: {fix} (or ufw allow 8080:8090/tcp)",
         )
 
     def check_subnet(self, addr: str | None) -> None:
@@ -693,6 +723,32 @@ class Doctor:
                 else "stop other GPU processes (nvidia-smi lists them) or lower batch_size",
             )
 
+    def check_backend(self) -> None:
+        """Which backend and devices this machine's llama.cpp library has (CPU, CUDA, Vulkan, ROCm)."""
+        try:
+            from clawlan.engine.devices import GPU_BUILD_HINT, backend_info
+
+            info = backend_info()
+        except Exception as exc:  # no server extras here (a front-end box), or a library that does not load
+            self.add("llama-backend", Status.SKIP, f"llama.cpp not loadable here ({type(exc).__name__}: {exc})")
+            return
+        gpus = [d for d in info.devices if d.type in ("GPU", "IGPU")]
+        listed = "; ".join(
+            f"{d.name} {d.description}" + (f" ({d.memory_free / 2**30:.1f} of {d.memory_total / 2**30:.1f} GiB free)" if d.memory_total else "")
+            for d in gpus
+        )
+        if gpus:
+            self.add("llama-backend", Status.PASS, f"llama.cpp {info.name} build: {listed}")
+        elif any(c.name == "gpu" and c.status is not Status.SKIP for c in self.checks):
+            self.add(
+                "llama-backend",
+                Status.WARN,
+                "a GPU is present but this llama.cpp build is CPU-only: --gpu-layers has no effect",
+                f"build for the GPU: {GPU_BUILD_HINT}",
+            )
+        else:
+            self.add("llama-backend", Status.PASS, f"llama.cpp {info.name} build (no GPU backend compiled in)")
+
     def run(self, skip: Iterable[str] = ()) -> list[Check]:
         skip = set(skip)
         if "config" not in skip:
@@ -711,6 +767,7 @@ class Doctor:
             self.check_model()
         if "gpu" not in skip:
             self.check_gpu()
+            self.check_backend()
         return self.checks
 
 
@@ -798,7 +855,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--config",
         action="append",
         metavar="FILE",
-        help="config file(s) to validate (default: $CLAWLAN_CONFIG, or the seed's network_config.json and "
+        help="config file(s) to validate (default: $CLAWLAN_CONFIG, or network_config.json and "
         "clawbot_config.json in the current folder)",
     )
     sp.add_argument("--model", help="model file to check (default: server.model or the embedded model)")

@@ -6,22 +6,22 @@ import argparse
 import json
 from pathlib import Path
 
+from clawlan.config.settings import ServerSection
 from clawlan.errors import ConfigError
-from clawlan.model.metadata import ModelInfo
+from clawlan.model.memory import DEFAULT_RAM_SHARE, ContextSize, size_context
+from clawlan.model.metadata import ModelInfo, read_metadata
 from clawlan.ops import planner
 from clawlan.ops.planner import MemoryPlan
 
 
 def load_model(model: str | None) -> ModelInfo:
-    """A GGUF path (metadata only), a size such as ``80B``, or None for the embedded model."""
+    """A GGUF path (its header only: well under a second), a size such as ``80B``, or None for the embedded model."""
     if model is None:
         from clawlan.model.store import resolve
 
         return resolve(None)
     path = Path(model).expanduser()
     if path.exists():
-        from clawlan.model.metadata import read_metadata
-
         return read_metadata(path)
     if planner.parse_size(model) is not None:
         return planner.assumed_model(model)
@@ -38,7 +38,7 @@ def _b(n: float) -> str:
     return f"{n / 1e3:,.1f} kB"
 
 
-def render(p: MemoryPlan, info: ModelInfo) -> str:
+def render(p: MemoryPlan, info: ModelInfo, serve: ContextSize | None = None) -> str:
     kv = p.kv
     windowed = planner.kv_cache(info, p.ctx, p.sessions, p.kv_type, p.ubatch, swa_full=False)
     lines = [
@@ -52,6 +52,11 @@ def render(p: MemoryPlan, info: ModelInfo) -> str:
     lines.append(
         f"workload   {p.sessions} session(s) x {p.ctx:,} tokens, KV {p.kv_type}, micro-batch {p.ubatch}"
     )
+    if serve is not None:
+        lines.append(
+            f"serve      what clawlan serve allocates by default: {serve.kv_tokens:,} KV cells shared by "
+            f"{p.sessions} sequences, one request up to {serve.max_context:,} tokens"
+        )
     lines.append("")
     lines.append(f"  {'exact (llama.cpp)':<60}{'bytes':>14}")
     win = ""
@@ -81,8 +86,11 @@ def render(p: MemoryPlan, info: ModelInfo) -> str:
     for label, val in rows:
         lines.append(f"  {label:<60}{'' if val is None else _b(val):>14}")
     lines.append(f"  {'total':<60}{_b(p.total):>14}")
+    lines.append(
+        f"  {'expected RSS (compute buffer only where steps write it)':<60}{_b(p.resident):>14}"
+    )
     lines.append("")
-    lines.append("  the seed's rule of thumb")
+    lines.append("  the common rule of thumb")
     lines.append(f"  {'base = params(B) x 2 (FP16) x 1.2':<60}{_b(p.rule_weights):>14}")
     lines.append(f"  {f'context = {p.ctx * p.sessions:,} tokens x 4 x 2':<60}{_b(p.rule_context):>14}")
     lines.append(f"  why they differ: {planner.rule_of_thumb_note(p)}")
@@ -105,8 +113,21 @@ def render(p: MemoryPlan, info: ModelInfo) -> str:
     return "\n".join(lines)
 
 
+def server_default(info: ModelInfo, sessions: int) -> ContextSize:
+    """The context and KV cache ``clawlan serve`` gives this model for ``sessions`` sequences."""
+    import psutil
+
+    return size_context(info, sessions, psutil.virtual_memory().available * DEFAULT_RAM_SHARE)
+
+
 def run(args: argparse.Namespace) -> int:
     info = load_model(args.model)
+    sessions = args.sessions or ServerSection().batch_size
+    serve = None
+    ctx = args.ctx
+    if ctx is None and info.file_size:  # a real file: plan exactly what the server will allocate
+        serve = server_default(info, sessions)
+        ctx = serve.kv_tokens // sessions
     ram = args.ram * 1e9 if args.ram else planner.detect_ram()
     gpu = args.gpu_mem * 1e9 if args.gpu_mem else None
     if gpu is None and not args.no_gpu:
@@ -114,8 +135,8 @@ def run(args: argparse.Namespace) -> int:
         gpu = found[0] if found else None
     p = planner.plan_memory(
         info,
-        args.ctx,
-        args.sessions,
+        ctx,
+        sessions,
         args.quant,
         kv_type=args.kv_type,
         ubatch=args.ubatch,
@@ -126,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(p.to_dict(), indent=2, default=str))
     else:
-        print(render(p, info))
+        print(render(p, info, serve))
     return 0 if p.fits else 1
 
 
@@ -136,8 +157,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "model", nargs="?", help="a GGUF file or a size such as 80B (default: the embedded model)"
     )
     sp.add_argument("--quant", help=f"weights quantization ({', '.join(planner.QUANTS)}); default: as stored")
-    sp.add_argument("--ctx", type=int, help="tokens per session (default: 4096 or the trained context)")
-    sp.add_argument("--sessions", type=int, default=1, help="concurrent sessions (the batch size)")
+    sp.add_argument(
+        "--ctx", type=int, help="tokens per session (default: the KV cache clawlan serve allocates, per session)"
+    )
+    sp.add_argument("--sessions", type=int, help="concurrent sessions (default: the server's batch size, 8)")
     sp.add_argument("--gpu-mem", type=float, metavar="GB", help="GPU memory (default: nvidia-smi's, if any)")
     sp.add_argument("--no-gpu", action="store_true", help="plan for the CPU even when a GPU is present")
     sp.add_argument("--ram", type=float, metavar="GB", help="RAM (default: this machine's)")

@@ -1,8 +1,9 @@
 """Memory planning: will a model fit, and how much context and batch does it leave?
 
 Everything here is arithmetic on GGUF metadata (or on a documented assumed
-architecture when only a size such as ``80B`` is given), so the server can
-import it to choose its default context without loading anything.
+architecture when only a size such as ``80B`` is given). The KV cache and buffer
+arithmetic the server also needs lives with the model, in ``model/memory.py``;
+this module adds quantizations, assumed shapes, GPU splits and the verdict.
 
 The figures follow what llama.cpp actually allocates, checked against its own
 load log on the embedded Gemma 3 270M:
@@ -24,7 +25,7 @@ load log on the embedded Gemma 3 270M:
 * **output buffer** - one logits row per sequence;
 * **runtime** - the interpreter, llama.cpp's code and allocator slack.
 
-The seed's rule of thumb (params x 2 bytes x 1.2, and tokens x 4 x 2) is
+The common rule of thumb (params x 2 bytes x 1.2, and tokens x 4 x 2) is
 computed beside it; :func:`rule_of_thumb_note` says why the two differ.
 """
 
@@ -38,12 +39,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clawlan.errors import ConfigError
+from clawlan.model.gguf_file import read_header
+from clawlan.model.memory import (  # noqa: F401 (re-exported: the planner's arithmetic lives with the model)
+    DEFAULT_UBATCH,
+    KV_TYPES,
+    OUTPUT_ROWS_PER_SEQUENCE,
+    PAD,
+    KVCache,
+    MiB,
+    compute_bytes,
+    compute_resident_bytes,
+    kv_cache,
+    kv_elem_bytes,
+    max_context,
+    max_sessions,
+    output_bytes,
+    pad,
+)
 from clawlan.model.metadata import ModelInfo
 
 GiB = 1 << 30
-MiB = 1 << 20
-PAD = 256  # llama.cpp pads KV cache sizes to 256 cells
-DEFAULT_UBATCH = 512
 RUNTIME_BYTES = 96 * MiB  # Python + llama.cpp code + allocator slack, measured ~90 MB on this machine
 OS_RESERVE = 0.10  # leave a tenth of RAM / GPU memory to the OS, driver and other processes
 
@@ -66,7 +81,7 @@ QUANTS: dict[str, Quant] = {
         Quant("F32", 32.0, "full precision"),
         Quant("F16", 16.0, "half precision"),
         Quant("BF16", 16.0, "bfloat16"),
-        Quant("INT8", 8.0, "idealised 8-bit integers without scales (the seed's INT8)"),
+        Quant("INT8", 8.0, "idealised 8-bit integers without scales"),
         Quant("Q8_0", 8.5, "8-bit blocks of 32 with an fp16 scale"),
         Quant("Q6_K", 6.5625),
         Quant("Q5_K_M", 5.69),
@@ -84,24 +99,12 @@ QUANTS: dict[str, Quant] = {
 }
 ALIASES = {"FP32": "F32", "FP16": "F16", "BF16": "BF16", "INT8": "INT8", "INT4": "INT4"}
 
-KV_TYPES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
-
-
 def quant(name: str) -> Quant:
     key = name.strip().upper().replace("-", "_")
     key = ALIASES.get(key, key)
     if key not in QUANTS:
         raise ConfigError(f"--quant {name!r} is not a known quantization; use one of {', '.join(QUANTS)}")
     return QUANTS[key]
-
-
-def kv_elem_bytes(kv_type: str) -> float:
-    try:
-        return KV_TYPES[kv_type.lower()]
-    except KeyError:
-        raise ConfigError(
-            f"--kv-type {kv_type!r} is not supported; use one of {', '.join(KV_TYPES)}"
-        ) from None
 
 
 # --- a model from its size alone -------------------------------------------------------------
@@ -161,78 +164,8 @@ def assumed_model(text: str) -> ModelInfo:
 
 
 def tensor_table(path: Path) -> list[tuple[str, int]]:
-    """(name, bytes) of every tensor in a GGUF file, read without materialising the metadata.
-
-    gguf's GGUFReader builds Python objects for every vocabulary string (12 s for Gemma's 262k
-    tokens on this machine); the tensor table only needs the metadata skipped, which takes 0.1 s.
-    """
-    import struct
-
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    scalar = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value types
-    with path.open("rb") as f:
-        data = f.read(1 << 16)
-        pos = 0
-
-        def need(n: int) -> None:
-            nonlocal data, pos
-            if pos + n > len(data):
-                data = data[pos:] + f.read(max(n, 1 << 20))
-                pos = 0
-                if len(data) < n:
-                    raise ValueError("truncated GGUF header")
-
-        def u(fmt: str) -> int:
-            nonlocal pos
-            size = struct.calcsize(fmt)
-            need(size)
-            (v,) = struct.unpack_from("<" + fmt, data, pos)
-            pos += size
-            return v
-
-        def skip(n: int) -> None:
-            nonlocal pos
-            need(n)
-            pos += n
-
-        def string() -> str:
-            nonlocal pos
-            n = u("Q")
-            need(n)
-            v = data[pos : pos + n].decode("utf-8", "replace")
-            pos += n
-            return v
-
-        def value(t: int) -> None:
-            if t in scalar:
-                skip(scalar[t])
-            elif t == 8:
-                skip(u("Q"))
-            elif t == 9:
-                et, count = u("I"), u("Q")
-                if et in scalar:
-                    skip(scalar[et] * count)
-                else:
-                    for _ in range(count):
-                        value(et)
-            else:
-                raise ValueError(f"unknown GGUF value type {t}")
-
-        skip(8)  # magic, version
-        n_tensors, n_kv = u("Q"), u("Q")
-        for _ in range(n_kv):
-            string()
-            value(u("I"))
-        out = []
-        for _ in range(n_tensors):
-            name = string()
-            dims = [u("Q") for _ in range(u("I"))]
-            ttype = u("I")
-            u("Q")  # offset
-            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
-            out.append((name, math.prod(dims) // block * size))
-    return out
+    """(name, bytes) of every tensor in a GGUF file, from the one header reader."""
+    return [(t.name, t.n_bytes) for t in read_header(path).tensors]
 
 
 def layer_split(info: ModelInfo) -> tuple[float, float, float]:
@@ -242,72 +175,15 @@ def layer_split(info: ModelInfo) -> tuple[float, float, float]:
     llama.cpp puts a copy of it on the GPU when every layer is offloaded.
     """
     total = float(sum(info.tensor_types.values()))
-    if not info.path.is_file() or not total:
+    table = info.tensor_bytes
+    if not total or not table:
         return 0.0, 0.0, 0.0
-    try:
-        table = dict(tensor_table(info.path))
-    except Exception:  # metadata was already read once; a failure here only loses the split
-        return total / max(info.n_layers, 1), 0.0, 0.0
     in_layers = sum(n for name, n in table.items() if name.startswith("blk."))
     head = table.get("output.weight", table.get("token_embd.weight", 0))
     return in_layers / max(info.n_layers, 1), total - in_layers, float(head)
 
 
 # --- the arithmetic ------------------------------------------------------------------------------
-
-
-def pad(n: float, to: int = PAD) -> int:
-    return int(math.ceil(n / to) * to)
-
-
-@dataclass
-class KVCache:
-    cells: int  # cells in global-attention layers (context x sessions)
-    swa_cells: int  # cells in sliding-window layers
-    global_layers: int
-    swa_layers: int
-    bytes_per_cell_layer: float  # one token on one layer, K and V
-    bytes: float
-
-    @property
-    def per_token(self) -> float:
-        """KV bytes one token costs across all layers (no window): the textbook figure."""
-        return self.bytes_per_cell_layer * (self.global_layers + self.swa_layers)
-
-
-def kv_cache(
-    info: ModelInfo,
-    ctx: int,
-    sessions: int = 1,
-    kv_type: str = "f16",
-    ubatch: int = DEFAULT_UBATCH,
-    swa_full: bool = False,
-) -> KVCache:
-    """The KV cache llama.cpp allocates for ``sessions`` sequences of ``ctx`` tokens each."""
-    per = info.n_kv_heads * (info.head_dim_k + info.head_dim_v) * kv_elem_bytes(kv_type)
-    cells = pad(ctx * sessions)
-    swa = info.swa_layers
-    swa_cells = cells
-    if swa and not swa_full and info.sliding_window:
-        # A unified cache needs each sequence's window plus one micro-batch in flight.
-        swa_cells = min(cells, pad(info.sliding_window * sessions + ubatch))
-    glob = info.n_layers - swa
-    return KVCache(cells, swa_cells, glob, swa, per, per * (glob * cells + swa * swa_cells))
-
-
-def compute_bytes(info: ModelInfo, ubatch: int = DEFAULT_UBATCH) -> float:
-    """llama.cpp's reserved compute graph: logits for a whole micro-batch dominate.
-
-    With flash attention (llama.cpp's default on CPU) there is no KQ matrix, so
-    the peak is the f32 logits ``ubatch x vocab`` plus the hidden states they
-    are computed from (llama.cpp logs 514.50 MiB for Gemma 3 270M at ubatch
-    512; this formula gives 514.49 MiB).
-    """
-    return 4.0 * ubatch * (info.vocab_size + 2 * info.n_embd)
-
-
-def output_bytes(info: ModelInfo, sessions: int) -> float:
-    return 4.0 * info.vocab_size * sessions
 
 
 @dataclass
@@ -327,6 +203,7 @@ class MemoryPlan:
     kv: KVCache
     compute: float
     output: float
+    compute_resident: float = 0.0  # the compute buffer's pages a step writes (see memory.compute_resident_bytes)
     runtime: float = RUNTIME_BYTES
     swa_full: bool = True
     assumed: str | None = None
@@ -344,12 +221,19 @@ class MemoryPlan:
 
     @property
     def total(self) -> float:
+        """Everything allocated: what must fit."""
         return self.weights + self.kv.bytes + self.compute + self.output + self.runtime
+
+    @property
+    def resident(self) -> float:
+        """What a running server holds (its RSS): the compute buffer only where steps write it."""
+        return self.total - self.compute + min(self.compute_resident, self.compute)
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "kv"}
         d["kv"] = dict(self.kv.__dict__, per_token=self.kv.per_token)
         d["total"] = self.total
+        d["resident"] = self.resident
         return d
 
 
@@ -405,6 +289,7 @@ def plan_memory(
         kv=kv_cache(info, ctx, sessions, kv_type, ub, swa_full),
         swa_full=swa_full,
         compute=compute_bytes(info, ub),
+        compute_resident=compute_resident_bytes(info, ub, sessions * OUTPUT_ROWS_PER_SEQUENCE),
         output=output_bytes(info, sessions),
         assumed=info.raw.get("assumed"),
         rule_weights=info.n_params / 1e9 * 2 * 1.2 * 1e9,
@@ -414,51 +299,6 @@ def plan_memory(
     )
     _verdict(p, info)
     return p
-
-
-def max_context(
-    info: ModelInfo,
-    budget_bytes: float,
-    sessions: int = 1,
-    kv_type: str = "f16",
-    ubatch: int = DEFAULT_UBATCH,
-    swa_full: bool = True,
-) -> int:
-    """The largest per-sequence context (a multiple of 256, at most the trained context) whose KV
-    cache for ``sessions`` sequences fits ``budget_bytes``; 0 if not even 256 tokens fit.
-
-    The server calls this to pick its default context from its memory budget.
-    """
-    lo, hi = 0, max(info.context_length // PAD, 1)
-    while lo < hi:  # KV bytes grow monotonically with context, so bisect on multiples of 256
-        mid = (lo + hi + 1) // 2
-        if kv_cache(info, mid * PAD, sessions, kv_type, ubatch, swa_full).bytes <= budget_bytes:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo * PAD
-
-
-def max_sessions(
-    info: ModelInfo,
-    budget_bytes: float,
-    ctx: int,
-    kv_type: str = "f16",
-    ubatch: int = DEFAULT_UBATCH,
-    swa_full: bool = True,
-    cap: int = 1024,
-) -> int:
-    """The most concurrent sequences of ``ctx`` tokens whose KV cache (and logits rows) fit."""
-    best = 0
-    lo, hi = 1, cap
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        need = kv_cache(info, ctx, mid, kv_type, ubatch, swa_full).bytes + output_bytes(info, mid)
-        if need <= budget_bytes:
-            best, lo = mid, mid + 1
-        else:
-            hi = mid - 1
-    return best
 
 
 def _verdict(p: MemoryPlan, info: ModelInfo) -> None:
@@ -529,8 +369,8 @@ def _groups(layers: int, on_gpu: int) -> str:
         return ""
     k = math.ceil(layers / on_gpu)
     if k > 8:
-        return f"; the seed's 4-8 parameter groups are not enough: {k} groups of {on_gpu} layers"
-    return f"; as the seed's parameter groups: {max(k, 1)} groups of up to {on_gpu} layers"
+        return f"; 4-8 parameter groups are not enough: {k} groups of {on_gpu} layers"
+    return f"; as parameter groups: {max(k, 1)} groups of up to {on_gpu} layers"
 
 
 def _gb(n: float) -> str:
@@ -538,7 +378,7 @@ def _gb(n: float) -> str:
 
 
 def rule_of_thumb_note(p: MemoryPlan) -> str:
-    """One line on why the seed's formula and the exact figure differ."""
+    """One line on why the rule of thumb and the exact figure differ."""
     ratio = p.kv.per_token / 8
     return (
         f"the rule assumes FP16 weights whatever the quantization ({p.quant} here) and a flat 20% margin, "

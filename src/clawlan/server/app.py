@@ -159,7 +159,7 @@ class Service:
     async def health(self, request: Request) -> Response:
         b = self.backend
         if b.ready:
-            return JSONResponse({"status": "ok", "model": b.model_id})
+            return JSONResponse({"status": "ok", "model": b.model_id, "backend": b.devices and b.devices.to_dict()})
         if b.error:
             return JSONResponse({"status": "error", "error": b.error}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
@@ -186,6 +186,7 @@ class Service:
                         "n_ctx_train": info.context_length,
                         "quantization": info.file_type,
                         "chat_template": b.template.family,
+                        "backend": b.devices and b.devices.to_dict(),  # CPU / CUDA / Vulkan ... and its devices
                     },
                 }
             )

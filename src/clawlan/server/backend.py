@@ -14,10 +14,10 @@ from typing import Any
 import psutil
 
 from clawlan.config import Settings
-from clawlan.errors import ClawlanError, ConfigError
+from clawlan.errors import ClawlanError
+from clawlan.model.memory import DEFAULT_RAM_SHARE, size_context
 from clawlan.model.metadata import ModelInfo
 from clawlan.model.store import EMBEDDED_ID, resolve
-from clawlan.ops.planner import max_context
 from clawlan.server.chat_template import ChatTemplate, load_template
 
 log = logging.getLogger(__name__)
@@ -34,36 +34,16 @@ class ContextPlan:
 
 
 def plan_context(info: ModelInfo, settings: Settings, available: int | None = None) -> ContextPlan:
-    """Pick the context: the largest that fits the memory budget for batch_size sequences.
-
-    The KV cache keeps every layer's full history (``swa_full``) so cached
-    prefixes stay reusable, so sliding-window layers cost as much as global ones.
-    """
+    """The context and KV cache for batch_size sequences, sized to the model (model/memory.py),
+    capped by memory_budget_mb (default: a share of free RAM). `clawlan plan` prints the same."""
     s = settings.server
-    per_token = max(1.0, info.kv_bytes_per_token())
     if available is None:
         available = psutil.virtual_memory().available
-    budget = s.memory_budget_mb * MB if s.memory_budget_mb else int(available * 0.25)
-    trained = info.context_length or 4096
-    batch = s.batch_size
-    if s.max_context_tokens:
-        max_ctx = s.max_context_tokens
-        if max_ctx > trained:
-            log.warning("max_context_tokens %d is above the model's trained %d; using %d", max_ctx, trained, trained)
-            max_ctx = trained
-        kv = s.kv_tokens or max(max_ctx, min(max_ctx * batch, int(budget // per_token)))
-    else:
-        # The planner's own answer (the one `clawlan plan` prints), for the cache the engine builds.
-        max_ctx = max_context(info, budget, batch, swa_full=True)
-        kv = s.kv_tokens or max_ctx * batch
-    kv = max(256, (kv + 255) // 256 * 256)
-    max_ctx = min(max_ctx, kv)
-    if max_ctx < 256:
-        raise ConfigError(
-            f"server.memory_budget_mb: {budget // MB} MB holds only {int(budget // per_token)} KV tokens for "
-            f"{batch} sequences; raise memory_budget_mb or lower batch_size"
-        )
-    return ContextPlan(max_context=max_ctx, kv_tokens=kv, kv_bytes=int(kv * per_token), budget_bytes=budget)
+    budget = s.memory_budget_mb * MB if s.memory_budget_mb else int(available * DEFAULT_RAM_SHARE)
+    size = size_context(info, s.batch_size, budget, s.max_context_tokens, s.kv_tokens)
+    if size.warning:
+        log.warning("%s", size.warning)
+    return ContextPlan(size.max_context, size.kv_tokens, size.kv_bytes, size.budget_bytes)
 
 
 class Backend:
@@ -79,6 +59,7 @@ class Backend:
         self.engine: Any = None
         self.template: ChatTemplate | None = None
         self.plan: ContextPlan | None = None
+        self.devices: Any = None  # engine.devices.BackendInfo of the loaded library
         self.model_id = settings.server.model_alias or EMBEDDED_ID
         self.loaded = threading.Event()
         self.end_of_turn: list[int] = []
@@ -98,9 +79,8 @@ class Backend:
             self.loaded.set()
 
     def _load(self) -> None:
+        from clawlan.engine.devices import backend_info, gpu_layers, load_model
         from clawlan.engine.engine import EngineConfig, build_engine
-        from clawlan.engine.llama import Model
-        from clawlan.engine.microbatch import row_quantum
 
         s = self.settings.server
         if self.info is None:
@@ -110,8 +90,10 @@ class Backend:
             self.model_id = info.path.stem
         self.plan = plan = plan_context(info, self.settings)
         threads = s.threads or psutil.cpu_count(logical=False) or 1
+        layers = gpu_layers(s.gpu_layers, info.n_layers)  # 0 on a CPU-only build, -1 past the model's layers
         if self.model is None:
-            self.model = Model(info.path, gpu_layers=s.gpu_layers)
+            self.model = load_model(info.path, layers)
+        self.devices = backend_info()
         m = self.model
         self.engine = build_engine(
             m,
@@ -125,7 +107,7 @@ class Backend:
                 host_cache_mb=s.cache_ram_mb,
                 kv_layout=s.kv_layout,
                 threads=threads,
-                row_quantum=row_quantum(info.output_type, s.gpu_layers),
+                output_type=info.output_type,
             ),
         )
         self.engine.on_step = self.on_step

@@ -102,8 +102,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     info = resolve(settings.server.model, settings.server.model_sha256)
     server = RunningServer(settings, Backend(settings, info=info))
     # The front end is its own light process, as on a NUC; it is told where this back end is.
+    # It gets this server's key (when one is required) and trusts this server's own TLS identity.
+    own = ["--trusted-backend", server.identity.fingerprint] if server.identity else []
+    key = settings.frontend.api_key or (settings.server.api_keys[0] if settings.server.api_keys else None)
     front = launch(args.config, backend=server.base_url, port=args.front_port or settings.frontend.port,
-                   extra_args=run_args(args))
+                   extra_args=own + run_args(args), api_key=key)
     print(f"clawlan: API at {server.base_url}/v1 (model {info.path.name}, loading in the background)", flush=True)
     print(f"clawlan: chat at {front.url}", flush=True)
     # uvicorn shuts down on SIGTERM and then re-raises it; make that an exit, so the front end is stopped too.

@@ -22,6 +22,7 @@ from clawlan.discovery.service import ServiceRecord
 from clawlan.errors import ConfigError
 from clawlan.server.app import create_app
 from clawlan.server.backend import Backend
+from clawlan.server.identity import Identity, server_identity
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,16 @@ class RunningServer:
         self.sock = bind(s.host, settings.backend.service_port if port is None else port)
         self.port = self.sock.getsockname()[1]
         self.host = s.host
-        self.tls = bool(s.tls_cert and s.tls_key)
+        # On the LAN the server speaks HTTPS with its own pinned identity by default (server/identity.py).
+        self.identity: Identity | None = server_identity(s.tls_cert, s.tls_key, settings.lan, s.tls, s.state_dir)
+        self.tls = self.identity is not None
+        if self.identity is not None:
+            log.info("TLS identity: SHA-256 fingerprint %s (front ends pin it)", self.identity.fingerprint)
         config = uvicorn.Config(
             self.app,
             log_level="warning",
-            ssl_certfile=s.tls_cert,
-            ssl_keyfile=s.tls_key,
+            ssl_certfile=str(self.identity.cert) if self.identity else None,
+            ssl_keyfile=str(self.identity.key) if self.identity else None,
             timeout_graceful_shutdown=3,
             access_log=False,
         )
@@ -94,6 +99,7 @@ class RunningServer:
             version=__version__,
             auth=bool(self.settings.server.api_keys),
             tls=self.tls,
+            fingerprint=self.identity.fingerprint if self.identity else "",
         )
         self.advertiser = Advertiser(record, self.host)
         try:
