@@ -278,6 +278,7 @@ class Frontend:
             self.store.update_message(mid, status="streaming")
             attempts = 0
             waiting_since = time.monotonic()
+            lookups_again = False
             while True:
                 # Right after a failure, mDNS has already had its fallback_timeout and a re-query: a Retry
                 # waits a second for an answer, not the full timeout, before trying the static address.
@@ -293,9 +294,14 @@ class Frontend:
                         retries=0,
                     )
                 except UpstreamError as exc:
-                    error, error_code = exc.message, "backend_down"
                     self.health.forget(target.base_url)  # the status chip turns red on the page's next poll
                     self.backend_down = True
+                    if not lookups_again:
+                        # Once more at once, on whatever discovery finds now (a server restarted on another
+                        # port); a second failure is reported: the page offers Retry.
+                        lookups_again = True
+                        continue
+                    error, error_code = exc.message, "backend_down"
                     break
                 backend = opened.backend
                 self.store.update_message(mid, backend=backend.base_url)
