@@ -59,6 +59,7 @@ class StubBackend:
         self.reply = "Hello from the **stub**."
         self.token_delay = 0.0
         self.gate: threading.Event | None = None  # when set, streams wait for it before the last token
+        self.gate_word: str | None = None  # if set, only requests whose last message contains it wait at the gate
         self.die_after: int | None = None  # drop the connection after this many tokens (a crashed server)
         self.requests: list[dict[str, Any]] = []
         self.active = 0
@@ -84,13 +85,16 @@ class StubBackend:
                                      "choices": [{"index": 0, "message": {"role": "assistant", "content": self.reply},
                                                   "finish_reason": "stop"}]})
 
+            last = str((body.get("messages") or [{}])[-1].get("content", ""))
+            gated = self.gate is not None and (self.gate_word is None or self.gate_word in last)
+
             async def gen():  # noqa: ANN202
                 self.active += 1
                 self.max_active = max(self.max_active, self.active)
                 try:
                     yield self._chunk({"role": "assistant", "content": ""})
                     for i, tok in enumerate(tokens):
-                        if i == len(tokens) - 1 and self.gate is not None:
+                        if i == len(tokens) - 1 and gated:
                             while not self.gate.is_set():
                                 await asyncio.sleep(0.01)
                         if self.token_delay:

@@ -127,7 +127,8 @@ def test_admin_edits_prompt(stub_backend: StubBackend, start_front: Any, who: st
     c = httpx.post(fp.url + "api/conversations", json={"mode": "code"}).json()
     with httpx.stream("POST", fp.url + f"api/conversations/{c['id']}/messages", json={"content": "x"}) as s:
         sse(s)
-    assert stub_backend.requests[-1]["messages"][0]["content"] == "Answer in haiku."
+    # The admin's prompt, then only the answer-language line the front end adds.
+    assert stub_backend.requests[-1]["messages"][0]["content"] == "Answer in haiku.\n\nAnswer in English."
     assert httpx.delete(fp.url + "api/modes/code").json()["customised"] is False
 
 

@@ -91,6 +91,8 @@ def test_upload_document_and_see_the_snippet(backend: Any, start_front: Any, pag
     assert page.locator("#mode").input_value() == "document"
     page.fill("#prompt", "陪产假有几天？")
     page.keyboard.press("Enter")
+    # Sources are folded under their summary; opening it shows the snippet.
+    page.locator("#messages .msg.assistant .sources summary").click(timeout=30_000)
     snippet = page.locator("#messages .msg.assistant .sources .snippet").first
     snippet.wait_for(timeout=30_000)
     assert "十五天陪产假" in page.locator("#messages .msg.assistant .sources").inner_text()

@@ -1,4 +1,5 @@
-"""Screenshots of the chat, a document answer and code mode, and the page's first-render time.
+"""Screenshots of the chat (desktop and phone, Chinese and English), a document answer and code mode,
+and the page's first-render time.
 
 Against the real back end, except code mode: the embedded Gemma 3 270M is a
 *base* model and does not write fenced code, so the code-mode screenshot uses
@@ -77,14 +78,32 @@ def test_screenshots_and_first_render(backend: Any, stub_backend: Any, start_fro
     page.goto(fp.url)
     page.wait_for_selector("body[data-ready='1']")
     page.wait_for_function("() => document.querySelector('#backend').dataset.how")
+    page.wait_for_selector("#backend[data-state='ok']", timeout=30_000)
     ask(page, "今年没休完的年假能留到明年吗？")
     page.screenshot(path=str(shots / "chat.png"))
     ctx.close()
+
+    # A phone (390x844), Chinese and English; the conversation drawer open.
+    for locale, name, question in (("zh-CN", "phone-zh.png", "退款多久能到账？"),
+                                   ("en-US", "phone-en.png", "How long does standard delivery take?")):
+        ctx = browser.new_context(locale=locale, viewport={"width": 390, "height": 844}, has_touch=True)
+        page = ctx.new_page()
+        page.goto(fp.url)
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_selector("#backend[data-state='ok']", timeout=30_000)
+        ask(page, question)
+        page.screenshot(path=str(shots / name))
+        if locale == "en-US":
+            page.click("#toggle-sidebar")
+            page.wait_for_function("() => document.querySelector('#sidebar').getBoundingClientRect().x >= 0")
+            page.screenshot(path=str(shots / "phone-drawer.png"))
+        ctx.close()
 
     ctx = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 800})
     page = ctx.new_page()
     page.goto(fp.url)
     page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_selector("#backend[data-state='ok']", timeout=30_000)
     page.set_input_files("#file", str(DATA / "library" / "warranty.md"))
     page.wait_for_selector("#docs .chip button[aria-label*='warranty.md']", timeout=30_000)
     ask(page, "How long is the battery covered by the warranty?")
@@ -98,11 +117,12 @@ def test_screenshots_and_first_render(backend: Any, stub_backend: Any, start_fro
     page = ctx.new_page()
     page.goto(fp2.url)
     page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_selector("#backend[data-state='ok']", timeout=30_000)
     page.select_option("#mode", "code")
     ask(page, "Write a Python function that returns the sum of a list of numbers.")
     assert page.locator("#messages pre code.hljs .hljs-keyword").count() > 0  # highlighted
     assert page.locator("#messages pre .codebar button.download").count() == 1
     page.screenshot(path=str(shots / "code.png"))
     ctx.close()
-    for name in ("chat.png", "document.png", "code.png"):
+    for name in ("chat.png", "document.png", "code.png", "phone-zh.png", "phone-en.png", "phone-drawer.png"):
         assert (shots / name).stat().st_size > 10_000

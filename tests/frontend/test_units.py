@@ -90,6 +90,24 @@ def test_retrieval_hit_at_3(kind: str) -> None:
     assert res["hit@3_zh"] >= 0.85 and res["hit@3_en"] >= 0.85
 
 
+def test_chit_chat_cites_nothing_and_weak_hits_are_dropped(tmp_path: Path) -> None:
+    """Issue 14 item 9: "Are you there?" cited shipping policies; stray one-word matches were listed as sources."""
+    from clawlan.frontend.retrieval import RELATIVE_FLOOR
+
+    store = Store(tmp_path / "s.sqlite3")
+    index = Index(store.db, store.lock, Segmenter("jieba", cache_dir=tmp_path))
+    ids = []
+    for path in sorted(DATA.glob("library/*")):
+        doc = store.add_document(path.name, 0)
+        index.add(doc, documents.chunk(documents.extract(path.name, path.read_bytes())))
+        ids.append(doc)
+    for q in ("Are you there?", "What can you do?", "Who are you?", "在吗？", "你好", "Thanks!"):
+        assert index.search(q, ids) == [], q
+    hits = index.search("Can you deliver my order to Singapore?", ids)
+    assert "Singapore" in hits[0].text
+    assert all(h.score >= RELATIVE_FLOOR * hits[0].score for h in hits) and len(hits) < 3
+
+
 def test_index_scopes_by_document(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.sqlite3")
     index = Index(store.db, store.lock, Segmenter("jieba", cache_dir=tmp_path))

@@ -2,10 +2,13 @@
 
 Routes
     GET  /                              the chat page (all assets under /static, none from a CDN)
-    GET  /api/status                    back end in use and how it was found, session counts, render mode
+    GET  /api/status                    back end in use, how it was found and its health (ok, loading, down,
+                                        error), the model, session counts, library size, default mode
     GET  /api/conversations?q=          list / search;  POST creates
     GET|PATCH|DELETE /api/conversations/{id}
-    POST /api/conversations/{id}/messages     send (or regenerate); answers an SSE stream of events
+    POST /api/conversations/{id}/messages     send (or regenerate); answers an SSE stream of events (begin,
+                                              queued, loading, start, delta, usage, done|stopped|error), each
+                                              with the session counts
     POST /api/conversations/{id}/stop         stop the answer being generated
     POST /api/conversations/{id}/documents    upload (raw body, X-Filename header)
     GET|PUT|DELETE /api/modes[/{id}]          system prompts (admin)
@@ -22,6 +25,7 @@ import html
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +40,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from clawlan import __version__
-from clawlan.discovery.browser import Discoverer
+from clawlan.discovery.browser import Backend, Discoverer
 from clawlan.discovery.trust import PINS_FILE, TrustStore
 from clawlan.errors import ClawlanError, InvalidRequest, NotFound, RequestError
 from clawlan.frontend import documents, security, trust_routes
-from clawlan.frontend.modes import DEFAULT_MODE, MODES, system_message
-from clawlan.frontend.proxy import RETRYABLE, Upstream, UpstreamError, sse_events
+from clawlan.frontend.health import Health, HealthProbe
+from clawlan.frontend.modes import DEFAULT_MODE, LIBRARY_MODE, MODES, system_message
+from clawlan.frontend.proxy import RETRYABLE, Opened, Upstream, UpstreamError, sse_events
 from clawlan.frontend.retrieval import Hit, Index, Segmenter
 from clawlan.frontend.sessions import SessionLimiter
 from clawlan.frontend.store import Store
@@ -50,6 +55,8 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 HISTORY_CHARS = 6000
 KEEPALIVE_S = 5.0  # recent turns sent with a question; the back end's context is small
+RETRY_LOOKUP_MS = 1000  # mDNS wait for a chat request after one found the back end down
+LOAD_WAIT_S = 900.0  # a message sent while the model loads waits this long (a big model on a NUC is slow)
 
 
 def default_data_dir() -> Path:
@@ -120,6 +127,9 @@ class Frontend:
         )
         self.limiter = SessionLimiter(cfg.max_concurrent_sessions)
         self.upstream = Upstream(self.discoverer, cfg.api_key, trust=self.trust)
+        self.health = HealthProbe()
+        self.last_backend: Backend | None = None  # where the last chat request went
+        self.backend_down = False  # the last chat request found no back end
         self.running: dict[str, asyncio.Task[None]] = {}  # conversation id -> generation task
         self.library_state: dict[str, Any] = {"docs_dir": cfg.docs_dir, "files": 0, "errors": []}
         self._page = (STATIC / "index.html").read_text(encoding="utf-8")
@@ -184,6 +194,22 @@ class Frontend:
         log.info("library: %d files from %s", len(seen), folder)
         return self.library_state
 
+    async def backend_health(self, backend: Backend, *, fresh: bool = False) -> Health:
+        # The probe goes the way a chat does: through the client pinned to the server's certificate, and
+        # never to a server the chat would not use.
+        try:
+            client = await self.upstream.client_for(backend)
+        except UpstreamError as exc:
+            return Health("down", detail=exc.message)
+        except OSError as exc:  # the certificate could not be fetched: nothing answers there
+            return Health("down", detail=type(exc).__name__)
+        return await self.health.check(backend.base_url, client, fresh=fresh)
+
+    def default_mode(self) -> str:
+        """Customer service once the library has files; a general assistant until then."""
+        # The store, not the last scan: retrieval reads the store, and it is filled before a slow first scan ends.
+        return LIBRARY_MODE if self.library_state.get("files") or self.store.documents(None) else DEFAULT_MODE
+
     # -- prompts -----------------------------------------------------------------
     def prompt(self, mode: str) -> str:
         return self.store.prompt(mode) or MODES[mode].default_prompt
@@ -232,40 +258,65 @@ class Frontend:
         text = ""
         status = "error"
         error: str | None = None
+        error_code: str | None = None
         ticket = self.limiter.ticket()
+
+        def put(ev: dict[str, Any]) -> None:
+            # Every event carries the device-wide counts as of now, so the page's status chip is never stale.
+            q.put_nowait({**ev, "sessions": self.limiter.snapshot()})
+
         try:
             if not ticket.granted:
                 self.store.update_message(mid, status="queued")
                 shown = ticket.position
-                await q.put({"type": "queued", "position": shown, **self.limiter.snapshot()})
+                put({"type": "queued", "position": shown, **self.limiter.snapshot()})
                 while not ticket.granted:
                     # Wake once a second to move the visible place in line; the grant itself wakes at once.
                     if not await ticket.wait_up_to(1.0) and ticket.position != shown:
                         shown = ticket.position
-                        await q.put({"type": "queued", "position": shown, **self.limiter.snapshot()})
+                        put({"type": "queued", "position": shown, **self.limiter.snapshot()})
             self.store.update_message(mid, status="streaming")
             attempts = 0
+            waiting_since = time.monotonic()
+            lookups_again = False
             while True:
+                # Right after a failure, mDNS has already had its fallback_timeout and a re-query: a Retry
+                # waits a second for an answer, not the full timeout, before trying the static address.
+                target = await self.discoverer.aresolve(RETRY_LOOKUP_MS if self.backend_down else None)
+                self.last_backend = target
                 try:
+                    # retries=0: a down back end is reported at once (the page offers Retry), and a loading
+                    # one is waited for below, visibly, instead of inside the proxy's short retry window.
                     opened = await self.upstream.open(
                         "POST", "/v1/chat/completions",
-                        content=json.dumps({**body, "model": await self.upstream.model_id(
-                            await self.discoverer.aresolve())}).encode(),
+                        content=json.dumps({**body, "model": await self.upstream.model_id(target)}).encode(),
                         headers={"content-type": "application/json", "accept": "text/event-stream"},
+                        retries=0,
                     )
                 except UpstreamError as exc:
-                    error = exc.message
+                    self.health.forget(target.base_url)  # the status chip turns red on the page's next poll
+                    self.backend_down = True
+                    if not lookups_again:
+                        # Once more at once, on whatever discovery finds now (a server restarted on another
+                        # port); a second failure is reported: the page offers Retry.
+                        lookups_again = True
+                        continue
+                    error, error_code = exc.message, "backend_down"
                     break
                 backend = opened.backend
                 self.store.update_message(mid, backend=backend.base_url)
-                await q.put({"type": "start", "backend": backend.to_json()})
                 if opened.response.status_code != 200:
-                    raw = opened.first + b"".join([c async for c in opened.chunks()])
-                    try:
-                        error = json.loads(raw)["error"]["message"]
-                    except (ValueError, KeyError, TypeError):
-                        error = f"back end answered HTTP {opened.response.status_code}"
+                    raw = b"".join([c async for c in opened.chunks()])  # chunks() yields opened.first too
+                    error, wait_s = await self._refusal(opened, raw)
+                    if wait_s is not None and time.monotonic() - waiting_since < LOAD_WAIT_S:
+                        # Loading (or full): the page says so and the message goes through once it is ready.
+                        put({"type": "loading", "reason": error, "retry_after": wait_s})
+                        error = None
+                        await asyncio.sleep(wait_s)
+                        continue
                     break
+                put({"type": "start", "backend": backend.to_json()})
+                self.backend_down = False
                 finished = False
                 try:
                     async for ev in sse_events(opened.chunks()):
@@ -281,9 +332,9 @@ class Frontend:
                                 # Stored before it is shown: a kill -9 of either process never loses
                                 # text the user saw (a WAL commit without fsync is a page-cache write).
                                 self.store.update_message(mid, content=text)
-                                await q.put({"type": "delta", "text": delta})
+                                put({"type": "delta", "text": delta})
                         if ev.get("usage"):
-                            await q.put({"type": "usage", "usage": ev["usage"]})
+                            put({"type": "usage", "usage": ev["usage"]})
                     if not finished:
                         # The stream ended without [DONE]: the server went away mid-answer.
                         raise UpstreamError("the connection to the back end closed before the answer finished")
@@ -292,9 +343,10 @@ class Frontend:
                     self.discoverer.invalidate(backend.base_url)
                     if not text and attempts < 2:
                         attempts += 1  # nothing shown yet: try again, on whatever discovery finds now
-                        await q.put({"type": "retry", "reason": msg})
+                        put({"type": "retry", "reason": msg})
                         continue
                     error = f"the back end stopped answering ({msg}); the text so far is kept"
+                    error_code = "backend_lost"
                     break
                 status = "done"
                 break
@@ -310,11 +362,29 @@ class Frontend:
             self.store.update_message(mid, content=text, status=status, error=error)
             self.store.touch(cid)
             self.running.pop(cid, None)
-            q.put_nowait({"type": status, "error": error, "id": mid, "content": text})
+            put({"type": status, "error": error, "code": error_code, "id": mid, "content": text})
             q.put_nowait(None)
 
+    async def _refusal(self, opened: Opened, raw: bytes) -> tuple[str, float | None]:
+        """A non-200 answer: its message, and how long to wait before asking again (None: give up)."""
+        code = opened.response.status_code
+        try:
+            message = str(json.loads(raw)["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            message = f"back end answered HTTP {code}"
+        if code != 503:
+            return message, None
+        health = await self.backend_health(opened.backend, fresh=True)
+        if health.state == "error":  # the model failed to load: waiting will not help
+            return health.detail or message, None
+        try:
+            wait_s = float(opened.response.headers.get("retry-after") or 1.0)
+        except ValueError:
+            wait_s = 1.0
+        return message, min(max(wait_s, 0.5), 5.0)
+
     def chat_body(self, conv: dict[str, Any], mid: int, question: str, hits: list[Hit]) -> dict[str, Any]:
-        msgs = [{"role": "system", "content": system_message(self.prompt(conv["mode"]), hits)}]
+        msgs = [{"role": "system", "content": system_message(self.prompt(conv["mode"]), hits, question)}]
         msgs += self.history(conv["id"], mid)
         if msgs[-1]["role"] != "user":
             msgs.append({"role": "user", "content": question})
@@ -346,8 +416,20 @@ def build_app(cfg: FrontConfig) -> Starlette:
 
     async def status(request: Request) -> Response:
         cur = fe.discoverer.current
+        # After a failure discovery forgets the address; probe the last one used, so "down" shows as down.
+        probe = cur or fe.last_backend
+        health = await fe.backend_health(probe) if probe else None
+        model = None
+        if health and health.state == "ok" and cur:
+            # /health names it on clawlan; otherwise /v1/models, asked once per address.
+            model = health.model or await fe.upstream.model_id(cur)
+            model = None if model == "default" else model
         return JSONResponse({
             "backend": cur.to_json() if cur else None,
+            "backend_url": probe.base_url if probe else None,
+            "health": health.to_json() if health else None,
+            "model": model,
+            "default_mode": fe.default_mode(),
             "discovery": {
                 "protocol": cfg.discovery_protocol,
                 "fallback_timeout": cfg.fallback_timeout,
@@ -356,7 +438,7 @@ def build_app(cfg: FrontConfig) -> Starlette:
             },
             "sessions": fe.limiter.snapshot(),
             "render_mode": cfg.render_mode,
-            "library": fe.library_state,
+            "library": {**fe.library_state, "documents": len(fe.store.documents(None))},
             "backends": fe.discoverer.candidates(),  # trust state of each advertised server (pending: not used)
             "admin": fe.admin_allowed(request),
             "version": __version__,
@@ -380,7 +462,7 @@ def build_app(cfg: FrontConfig) -> Starlette:
     async def list_conversations(request: Request) -> Response:
         if request.method == "POST":
             body = await read_json(request)
-            mode = body.get("mode") or DEFAULT_MODE
+            mode = body.get("mode") or fe.default_mode()
             if mode not in MODES:
                 raise InvalidRequest(f"unknown mode {mode!r}; one of {', '.join(MODES)}", param="mode")
             conv = fe.store.create_conversation(str(body.get("title") or "")[:200], mode)
@@ -464,6 +546,7 @@ def build_app(cfg: FrontConfig) -> Starlette:
                         continue
                     if ev is None:
                         return
+                    ev.setdefault("sessions", fe.limiter.snapshot())  # "begin" is made here, not in generate()
                     yield f"data: {json.dumps(ev, ensure_ascii=False)}\n\n".encode()
             finally:
                 # The page went away (closed, reloaded): stop generating; what was shown is already saved.

@@ -71,6 +71,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
+# The front end's options that ``clawlan run`` passes through to the front end it starts. Its --host,
+# --port, --config and --log-level are the server's, so the front end's port is --front-port there.
+RUN_FLAGS: list[tuple[str, dict[str, object]]] = [
+    ("--front-port", {"type": int, "metavar": "PORT", "help": "chat page port (default 8081)"}),
+    ("--docs-dir", {"help": "FAQ/policy folder for customer-service mode (the knowledge base)"}),
+    ("--data-dir", {"help": "where the front end keeps conversations (SQLite)"}),
+    ("--max-sessions", {"type": int, "metavar": "N", "help": "conversations generating at once (default 5)"}),
+    ("--render-mode", {"choices": ["hardware_accelerated", "software"]}),
+    ("--admin-token", {"help": "token for editing prompts from other machines"}),
+    ("--segmenter", {"choices": ["jieba", "jieba-full", "bigram"], "help": "Chinese word splitting for retrieval"}),
+    ("--max-tokens", {"type": int, "help": "longest answer the chat page asks for (default 512)"}),
+    ("--request-defaults", {"metavar": "JSON", "help": "extra fields for every chat request, a JSON object"}),
+    ("--kiosk", {"action": "store_true", "help": "also open a full-screen browser window on the chat"}),
+]
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """``clawlan run``: accept the front end's options (see RUN_FLAGS)."""
+    g = p.add_argument_group("front end", "options for the chat page that `clawlan run` starts beside the server")
+    for flag, kw in RUN_FLAGS:
+        g.add_argument(flag, default=None, **kw)  # type: ignore[arg-type]
+
+
+def run_args(args: argparse.Namespace) -> list[str]:
+    """The ``clawlan front`` arguments for the RUN_FLAGS given to ``clawlan run`` (--front-port excepted)."""
+    out: list[str] = []
+    for flag, kw in RUN_FLAGS[1:]:
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if kw.get("action") == "store_true":
+            out += [flag] if value else []
+        elif value is not None:
+            out += [flag, str(value)]
+    return out
+
+
 def front_config(args: argparse.Namespace):  # noqa: ANN201 - FrontConfig, imported lazily
     from clawlan.config.loader import load_settings
     from clawlan.frontend.app import FrontConfig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from clawlan.frontend.retrieval import Hit
@@ -33,6 +34,14 @@ MODES: dict[str, Mode] = {
     m.id: m
     for m in (
         Mode(
+            "general",
+            "General assistant",
+            "通用助手",
+            "",
+            "你是本单位的通用助手。回答要清楚、简洁；不确定时直接说明。用提问者的语言回答。\n"
+            "You are this office's general assistant. Answer clearly and briefly, and say so when you are not sure.",
+        ),
+        Mode(
             "service",
             "Customer service",
             "智能客服",
@@ -63,14 +72,38 @@ MODES: dict[str, Mode] = {
         ),
     )
 }
-DEFAULT_MODE = "service"
+# Customer service answers only from the library, so it is the default only once a library exists
+# (Frontend.default_mode); until then a new chat is a general assistant.
+DEFAULT_MODE = "general"
+LIBRARY_MODE = "service"
 
 
-def system_message(prompt: str, hits: list[Hit]) -> str:
-    """The system prompt plus the numbered snippets the answer must cite."""
-    if not hits:
-        return prompt
-    lines = [prompt, "", "参考资料 / Reference snippets:"]
-    for i, h in enumerate(hits, 1):
-        lines.append(f"[{i}] ({h.doc_name}) {h.text}")
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+def question_language(text: str) -> str:
+    """"zh", "en", or "" (neither): what the question is mostly written in (a Chinese character weighs as a word)."""
+    cjk = len(_CJK.findall(text))
+    latin_words = len(re.findall(r"[A-Za-z]+", text))
+    return "zh" if cjk and cjk >= latin_words else "en" if _LATIN.search(text) else ""
+
+
+# Said right after the mode's prompt: the bilingual prompts open in Chinese, and without this an
+# English question got a Chinese answer.
+REPLY_IN = {"en": "Answer in English.", "zh": "请用中文回答。"}
+
+
+def system_message(prompt: str, hits: list[Hit], question: str = "") -> str:
+    """The system prompt, the numbered snippets the answer must cite, and the language to answer in."""
+    lines = [prompt]
+    lang = question_language(question)
+    if lang:
+        lines += ["", REPLY_IN[lang]]
+    if hits:
+        # The snippets come last: a base model continues whatever ends the prompt, and repeating a
+        # snippet is less bad than repeating an instruction.
+        lines += ["", "参考资料 / Reference snippets:"]
+        for i, h in enumerate(hits, 1):
+            lines.append(f"[{i}] ({h.doc_name}) {h.text}")
     return "\n".join(lines)

@@ -153,9 +153,13 @@ class Upstream:
 
     async def open(
         self, method: str, path: str, *, content: bytes | None = None, headers: dict[str, str] | None = None,
-        add_key: bool = True,
+        add_key: bool = True, retries: int | None = None,
     ) -> Opened:
-        """Send and wait for the first body bytes, re-discovering and retrying on failure before them."""
+        """Send and wait for the first body bytes, re-discovering and retrying on failure before them.
+
+        ``retries=0`` answers at once: the web chat does its own waiting, visibly (model loading, back end down).
+        """
+        retries = self.retries if retries is None else retries
         start = time.monotonic()
         last = "no back end answered"
         attempt = 0
@@ -180,7 +184,7 @@ class Upstream:
                 self.forget(backend.base_url)
                 self.discoverer.invalidate(backend.base_url)
             else:
-                if resp.status_code == 503 and attempt < self.retries:
+                if resp.status_code == 503 and attempt < retries:
                     # Loading or full: wait as told (bounded) and try again; the client has seen nothing yet.
                     raw = await resp.aread()
                     await resp.aclose()
@@ -200,7 +204,7 @@ class Upstream:
                     else:
                         return Opened(backend, resp, first, it)
             attempt += 1
-            if attempt > self.retries or time.monotonic() - start > self.retry_window_s:
+            if attempt > retries or time.monotonic() - start > self.retry_window_s:
                 raise UpstreamError(f"back end unavailable ({last})", status=502)
 
     async def model_id(self, backend: Backend) -> str:

@@ -92,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The back end and a front end beside it (``make run``)."""
-    from clawlan.frontend.command import launch
+    from clawlan.frontend.command import launch, run_args
     from clawlan.model.store import resolve
     from clawlan.server.backend import Backend
     from clawlan.server.serving import RunningServer
@@ -105,7 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # It gets this server's key (when one is required) and trusts this server's own TLS identity.
     own = ["--trusted-backend", server.identity.fingerprint] if server.identity else []
     key = settings.frontend.api_key or (settings.server.api_keys[0] if settings.server.api_keys else None)
-    front = launch(args.config, backend=server.base_url, port=settings.frontend.port, extra_args=own, api_key=key)
+    front = launch(args.config, backend=server.base_url, port=args.front_port or settings.frontend.port,
+                   extra_args=own + run_args(args), api_key=key)
     print(f"clawlan: API at {server.base_url}/v1 (model {info.path.name}, loading in the background)", flush=True)
     print(f"clawlan: chat at {front.url}", flush=True)
     # uvicorn shuts down on SIGTERM and then re-raises it; make that an exit, so the front end is stopped too.
@@ -128,6 +129,9 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("run", help="run the back end and a front end beside it (make run)")
     add_server_flags(p)
+    from clawlan.frontend.command import add_run_flags
+
+    add_run_flags(p)  # the front end's options, e.g. --docs-dir
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)

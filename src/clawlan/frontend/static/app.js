@@ -1,108 +1,23 @@
-// Clawdbot web chat. Plain DOM, no framework, no build step.
-// Model output is untrusted: it goes Markdown -> HTML (raw HTML escaped, images
-// dropped) -> DOMPurify -> the page. Nothing the model writes runs as script.
+// Clawdbot web chat. Plain DOM, no framework, no build step: classic scripts that share one
+// scope, loaded in order (render, sidebar, uploads, status, dialogs, then this one, which wires
+// them up and runs init()). This file: messages, answer streams, sending.
+// Model output is untrusted: render.js turns it into HTML with raw HTML escaped, images and links
+// as text, then DOMPurify. Nothing the model writes runs as script.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
 const state = {
   conv: null,          // the open conversation {id, title, mode, ...}
   list: [],            // conversations in the sidebar
-  streaming: null,     // {cid, controller} while an answer streams
-  defaultMode: "service",
-  status: null,
+  streams: new Map(),  // conversation id -> its answer streaming in this page (see attachStream)
+  defaultMode: "general",
+  modeChosen: false,   // the user picked a mode: the server's default no longer applies
+  status: null,        // the last /api/status
+  health: null,        // {state: ok|loading|down|error|finding, detail}
+  sessions: null,      // {active, queued, limit}: from every stream event and every poll
+  lastBackend: null,
+  pollTimer: 0,
 };
-
-// ---------------------------------------------------------------- rendering
-function escapeHtml(s) {
-  return s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-}
-
-marked.use({
-  gfm: true,
-  breaks: true,
-  renderer: {
-    // Raw HTML in model output is shown as text, never parsed.
-    html: ({ text }) => escapeHtml(text),
-    // Images would fetch from wherever the model says; show the alt text instead.
-    image: ({ text }) => escapeHtml(text || ""),
-  },
-});
-
-const PURIFY = {
-  ALLOWED_TAGS: ["p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "del", "code", "pre",
-    "blockquote", "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td", "input", "span"],
-  ALLOWED_ATTR: ["href", "title", "class", "type", "checked", "disabled", "start", "align"],
-  ALLOW_DATA_ATTR: false,
-};
-DOMPurify.addHook("afterSanitizeAttributes", (node) => {
-  if (node.tagName === "A") {
-    node.setAttribute("target", "_blank");
-    node.setAttribute("rel", "noopener noreferrer");
-  }
-  if (node.tagName === "INPUT" && node.getAttribute("type") !== "checkbox") node.remove();
-});
-
-function renderMarkdown(el, text, final) {
-  el.innerHTML = DOMPurify.sanitize(marked.parse(text), PURIFY);
-  // Highlighting every token of a stream would burn the NUC's CPU; do it once at the end.
-  if (final) decorateCode(el);
-}
-
-const EXT = { python: "py", javascript: "js", typescript: "ts", bash: "sh", shell: "sh", json: "json", html: "html",
-  css: "css", java: "java", c: "c", cpp: "cpp", go: "go", rust: "rs", sql: "sql", yaml: "yaml", markdown: "md" };
-
-function decorateCode(el) {
-  for (const code of el.querySelectorAll("pre > code")) {
-    const lang = ([...code.classList].find((c) => c.startsWith("language-")) || "").slice(9);
-    if (window.hljs) {
-      if (lang && hljs.getLanguage(lang)) hljs.highlightElement(code);
-      else code.classList.add("hljs");
-    }
-    const bar = document.createElement("div");
-    bar.className = "codebar";
-    const tag = document.createElement("span");
-    tag.className = "lang";
-    tag.textContent = lang;
-    bar.append(tag);
-    const copy = document.createElement("button");
-    copy.type = "button";
-    copy.className = "copy";
-    copy.textContent = t("copy");
-    copy.setAttribute("aria-label", t("copy") + (lang ? " " + lang : ""));
-    copy.addEventListener("click", async () => {
-      await copyText(code.textContent);
-      copy.textContent = t("copied");
-      setTimeout(() => { copy.textContent = t("copy"); }, 1500);
-    });
-    bar.append(copy);
-    if (state.conv && state.conv.mode === "code") {
-      const dl = document.createElement("button");
-      dl.type = "button";
-      dl.className = "download";
-      dl.textContent = t("download");
-      dl.addEventListener("click", () => {
-        const blob = new Blob([code.textContent], { type: "text/plain;charset=utf-8" });
-        const a = document.createElement("a");
-        a.href = URL.createObjectURL(blob);
-        a.download = "snippet." + (EXT[lang] || lang || "txt");
-        a.click();
-        setTimeout(() => URL.revokeObjectURL(a.href), 1000);
-      });
-      bar.append(dl);
-    }
-    code.parentElement.append(bar);
-  }
-}
-
-async function copyText(s) {
-  try { await navigator.clipboard.writeText(s); return; } catch (e) { /* plain http: fall back */ }
-  const ta = document.createElement("textarea");
-  ta.value = s;
-  document.body.append(ta);
-  ta.select();
-  document.execCommand("copy");
-  ta.remove();
-}
 
 // ---------------------------------------------------------------- messages
 function messageEl(m) {
@@ -127,10 +42,14 @@ function messageEl(m) {
   return el;
 }
 
-function setState(el, status, error) {
+// Plain words for the failures a user can act on; the server's own text stays available as detail.
+const ERROR_WORDS = { backend_down: "backendDown", backend_lost: "backendLost" };
+
+function setState(el, status, error, code) {
   el.dataset.state = status;
   const st = el.querySelector(".state");
   st.textContent = status === "queued" ? t("queued", { n: el.dataset.position || "?" })
+    : status === "loading" ? t("modelLoading")
     : status === "stopped" ? t("stopped")
     : status === "interrupted" ? t("interrupted")
     : status === "streaming" && !el.querySelector(".body").textContent ? t("waiting")
@@ -143,8 +62,25 @@ function setState(el, status, error) {
       errEl.setAttribute("role", "alert");
       el.append(errEl);
     }
-    errEl.textContent = t("errorKept", { msg: error });
+    const words = ERROR_WORDS[code];
+    const msg = document.createElement("span");
+    msg.className = "error-text";
+    msg.textContent = words ? t(words) : t("errorKept", { msg: error });
+    if (words) msg.title = error;
+    const retry = document.createElement("button");
+    retry.type = "button";
+    retry.className = "retry";
+    retry.textContent = t("retry");
+    retry.addEventListener("click", () => retryLast(el));
+    errEl.replaceChildren(msg, retry);
   } else if (errEl) errEl.remove();
+}
+
+function retryLast(el) {
+  // Retry means: ask the last question again, in the conversation on screen.
+  if (!state.conv || state.streams.has(state.conv.id)) return;
+  if (el !== [...document.querySelectorAll("#messages .msg")].pop()) return;
+  send("", true);
 }
 
 function setSources(el, sources) {
@@ -152,9 +88,8 @@ function setSources(el, sources) {
   if (!sources.length) return;
   const det = document.createElement("details");
   det.className = "sources";
-  det.open = true;
   const sum = document.createElement("summary");
-  sum.textContent = t("sources");
+  sum.textContent = t("sourcesN", { n: sources.length });
   const ol = document.createElement("ol");
   for (const s of sources) {
     const li = document.createElement("li");
@@ -194,79 +129,6 @@ async function api(path, opts = {}) {
   return body;
 }
 
-async function refreshList() {
-  const q = $("#search").value.trim();
-  const { data } = await api("/api/conversations" + (q ? "?q=" + encodeURIComponent(q) : ""));
-  state.list = data;
-  const ul = $("#conv-list");
-  ul.replaceChildren();
-  for (const c of data) {
-    const li = document.createElement("li");
-    li.dataset.id = c.id;
-    if (state.conv && c.id === state.conv.id) li.className = "active";
-    const open = document.createElement("button");
-    open.type = "button";
-    open.className = "open";
-    open.textContent = c.title || t("untitled");
-    if (state.conv && c.id === state.conv.id) open.setAttribute("aria-current", "true");
-    open.addEventListener("click", () => openConversation(c.id));
-    const ren = document.createElement("button");
-    ren.type = "button";
-    ren.className = "tool rename";
-    ren.textContent = "✎";
-    ren.title = t("rename");
-    ren.setAttribute("aria-label", t("rename") + ": " + (c.title || t("untitled")));
-    ren.addEventListener("click", () => renameConversation(c));
-    const del = document.createElement("button");
-    del.type = "button";
-    del.className = "tool delete";
-    del.textContent = "✕";
-    del.title = t("delete");
-    del.setAttribute("aria-label", t("delete") + ": " + (c.title || t("untitled")));
-    del.addEventListener("click", () => deleteConversation(c));
-    li.append(open, ren, del);
-    ul.append(li);
-  }
-}
-
-async function renameConversation(c) {
-  const title = prompt(t("renamePrompt"), c.title || "");
-  if (title === null) return;
-  await api("/api/conversations/" + c.id, { method: "PATCH", body: JSON.stringify({ title }) });
-  if (state.conv && state.conv.id === c.id) {
-    state.conv.title = title;
-    $("#conv-title").textContent = title || t("untitled");
-  }
-  refreshList();
-}
-
-async function deleteConversation(c) {
-  if (!confirm(t("deleteConfirm"))) return;
-  await api("/api/conversations/" + c.id, { method: "DELETE" });
-  if (state.conv && state.conv.id === c.id) newChat();
-  refreshList();
-}
-
-function showDocs(docs) {
-  const box = $("#docs");
-  box.replaceChildren();
-  for (const d of docs || []) {
-    const chip = document.createElement("span");
-    chip.className = "chip";
-    chip.textContent = d.name;
-    const rm = document.createElement("button");
-    rm.type = "button";
-    rm.textContent = "✕";
-    rm.setAttribute("aria-label", t("removeDoc", { name: d.name }));
-    rm.addEventListener("click", async () => {
-      await api(`/api/conversations/${state.conv.id}/documents/${d.id}`, { method: "DELETE" });
-      openConversation(state.conv.id);
-    });
-    chip.append(rm);
-    box.append(chip);
-  }
-}
-
 async function openConversation(id) {
   let c;
   try {
@@ -280,7 +142,11 @@ async function openConversation(id) {
   $("#mode").value = c.mode;
   showMessages(c.messages);
   showDocs(c.documents);
+  const s = state.streams.get(c.id);
+  if (s) attachStream(s);  // still streaming in this page: show it live, not the last saved text
+  else if (c.generating) followSaved(c.id);  // streaming for another tab: follow what it saves
   updateButtons();
+  updateLibraryNote();
   closeSidebar();
   refreshList();
 }
@@ -293,6 +159,7 @@ function newChat() {
   showMessages([]);
   showDocs([]);
   updateButtons();
+  updateLibraryNote();
   refreshList();
   closeSidebar();
   $("#prompt").focus();
@@ -307,17 +174,85 @@ async function ensureConversation() {
 }
 
 function updateButtons() {
-  const busy = !!(state.streaming && state.conv && state.streaming.cid === state.conv.id);
+  const busy = !!(state.conv && state.streams.has(state.conv.id));
   $("#stop").disabled = !busy;
   $("#send").disabled = busy;
   const hasUser = !!document.querySelector("#messages .msg.user");
   $("#regenerate").disabled = busy || !hasUser;
 }
 
+function notice(text) {
+  // A short line by the composer for "nothing happened, and here is why".
+  const el = $("#notice");
+  el.textContent = text;
+  el.hidden = !text;
+}
+
+// ---------------------------------------------------------------- streams
+// One record per conversation answering in this page. The record, not the DOM, holds the
+// answer: switching chats detaches the element, and coming back attaches a fresh one.
+function attachStream(s) {
+  const box = $("#messages");
+  let el = s.id ? box.querySelector(`.msg.assistant[data-id="${s.id}"]`) : null;
+  const fresh = messageEl({ role: "assistant", id: s.id, content: "", status: s.status });
+  fresh.setAttribute("aria-busy", "true");
+  if (el) el.replaceWith(fresh);
+  else {
+    if (s.question && ![...box.querySelectorAll(".msg.user")].some((u) => u.querySelector(".body").textContent === s.question)) {
+      box.append(messageEl({ role: "user", content: s.question }));
+    }
+    box.append(fresh);
+  }
+  $("#empty").hidden = true;
+  s.el = fresh;
+  setSources(fresh, s.sources || []);
+  paintStream(s);
+  scrollDown();
+}
+
+async function followSaved(id) {
+  // The server saves a streaming answer as it goes; re-read it until it is finished.
+  while (state.conv && state.conv.id === id && !state.streams.has(id)) {
+    await new Promise((r) => setTimeout(r, 700));
+    if (!state.conv || state.conv.id !== id || state.streams.has(id)) return;
+    let c;
+    try { c = await api("/api/conversations/" + id); } catch (e) { return; }
+    if (!state.conv || state.conv.id !== id || state.streams.has(id)) return;
+    const last = c.messages[c.messages.length - 1];
+    const el = last && $(`#messages .msg.assistant[data-id="${last.id}"]`);
+    if (el) el.replaceWith(messageEl(last));
+    else if (last) { showMessages(c.messages); }
+    updateButtons();
+    if (!c.generating) return;
+  }
+}
+
+function paintStream(s) {
+  s.pending = false;
+  const el = s.el;
+  if (!el || !el.isConnected) return;
+  el.dataset.position = s.position || "";
+  renderMarkdown(el.querySelector(".body"), s.text, s.finished);
+  setState(el, s.status, s.error, s.code);
+  if (s.finished) el.removeAttribute("aria-busy");
+  if (state.conv && state.conv.id === s.cid) scrollDown();
+}
+
+function schedulePaint(s) {
+  if (!s.pending) { s.pending = true; requestAnimationFrame(() => paintStream(s)); }
+}
+
 // ---------------------------------------------------------------- sending
 async function send(content, regenerate) {
-  const conv = await ensureConversation();
-  if (state.streaming) return;
+  let conv;
+  try {
+    conv = await ensureConversation();
+  } catch (e) {
+    notice(t("sendFailed", { msg: e.message }));
+    return;
+  }
+  if (state.streams.has(conv.id)) { notice(t("busyHere")); return; }
+  notice("");
   $("#empty").hidden = true;
   const box = $("#messages");
   if (regenerate) {
@@ -327,29 +262,23 @@ async function send(content, regenerate) {
   } else {
     box.append(messageEl({ role: "user", content }));
   }
-  const el = messageEl({ role: "assistant", content: "", status: "streaming" });
-  el.setAttribute("aria-busy", "true");  // screen readers announce the answer once, when complete
-  box.append(el);
-  scrollDown();
-  const controller = new AbortController();
-  state.streaming = { cid: conv.id, controller };
-  updateButtons();
-  let text = "";
-  let pending = false;
-  let finished = false;
-  const paint = () => {
-    pending = false;
-    if (finished) return;  // a frame queued before the end must not undo the final render
-    renderMarkdown(el.querySelector(".body"), text, false);
-    setState(el, el.dataset.state);
-    scrollDown();
+  const s = {
+    cid: conv.id, controller: new AbortController(), id: null, text: "", status: "streaming", error: null,
+    code: null, position: null, sources: [], question: regenerate ? null : content, el: null, finished: false, pending: false,
   };
+  s.el = messageEl({ role: "assistant", content: "", status: "streaming" });
+  s.el.setAttribute("aria-busy", "true");  // screen readers announce the answer once, when complete
+  box.append(s.el);
+  scrollDown();
+  state.streams.set(conv.id, s);
+  updateButtons();
+  schedulePoll();
   try {
     const res = await fetch(`/api/conversations/${conv.id}/messages`, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify(regenerate ? { regenerate: true } : { content }),
-      signal: controller.signal,
+      signal: s.controller.signal,
     });
     if (!res.ok) {
       const b = await res.json().catch(() => ({}));
@@ -367,152 +296,75 @@ async function send(content, regenerate) {
         const line = buf.slice(0, i).trim();
         buf = buf.slice(i + 2);
         if (!line.startsWith("data:")) continue;
-        const ev = JSON.parse(line.slice(5));
-        if (ev.type === "begin") {
-          el.dataset.id = ev.id;
-          setSources(el, ev.sources || []);
-          if (ev.title && !state.conv.title) {
-            state.conv.title = ev.title;
-            $("#conv-title").textContent = ev.title;
-          }
-          refreshList();
-        } else if (ev.type === "queued") {
-          el.dataset.position = ev.position;
-          setState(el, "queued");
-        } else if (ev.type === "start") {
-          setState(el, "streaming");
-          showBackend(ev.backend);
-        } else if (ev.type === "retry") {
-          el.querySelector(".state").textContent = t("retrying");
-        } else if (ev.type === "delta") {
-          text += ev.text;
-          if (!pending) { pending = true; requestAnimationFrame(paint); }
-        } else if (ev.type === "done" || ev.type === "stopped" || ev.type === "error") {
-          finished = true;
-          text = ev.content ?? text;
-          renderMarkdown(el.querySelector(".body"), text, true);
-          setState(el, ev.type, ev.error);
-        }
+        onEvent(s, JSON.parse(line.slice(5)));
       }
     }
   } catch (e) {
-    finished = true;
-    if (e.name !== "AbortError") {
-      renderMarkdown(el.querySelector(".body"), text, true);
-      setState(el, "error", e.message);
+    if (e.name !== "AbortError" && !s.finished) {
+      s.finished = true;
+      s.status = "error";
+      s.error = e.message;
+      paintStream(s);
     }
   } finally {
-    if (el.dataset.state === "streaming" || el.dataset.state === "queued") {
-      finished = true;
-      renderMarkdown(el.querySelector(".body"), text, true);
-      setState(el, "stopped");
+    if (!s.finished) {
+      s.finished = true;
+      s.status = "stopped";
+      paintStream(s);
     }
-    el.removeAttribute("aria-busy");
-    state.streaming = null;
+    state.streams.delete(conv.id);
     updateButtons();
     refreshList();
     pollStatus();
   }
 }
 
+function onEvent(s, ev) {
+  if (ev.sessions) setSessions(ev.sessions);
+  if (ev.type === "begin") {
+    s.id = ev.id;
+    if (s.el) s.el.dataset.id = ev.id;
+    s.sources = ev.sources || [];
+    if (s.el && s.el.isConnected) setSources(s.el, s.sources);
+    if (ev.title && state.conv && state.conv.id === s.cid && !state.conv.title) {
+      state.conv.title = ev.title;
+      $("#conv-title").textContent = ev.title;
+    }
+    refreshList();
+  } else if (ev.type === "queued") {
+    s.position = ev.position;
+    s.status = "queued";
+    paintStream(s);
+  } else if (ev.type === "loading") {
+    s.status = "loading";
+    setHealth({ state: "loading" });
+    paintStream(s);
+  } else if (ev.type === "start") {
+    s.status = "streaming";
+    state.lastBackend = ev.backend;
+    setHealth({ state: "ok" });
+    paintStream(s);
+  } else if (ev.type === "retry") {
+    if (s.el && s.el.isConnected) s.el.querySelector(".state").textContent = t("retrying");
+  } else if (ev.type === "delta") {
+    s.text += ev.text;
+    schedulePaint(s);
+  } else if (ev.type === "done" || ev.type === "stopped" || ev.type === "error") {
+    s.finished = true;
+    s.text = ev.content ?? s.text;
+    s.status = ev.type;
+    s.error = ev.error;
+    s.code = ev.code;
+    if (ev.code === "backend_down") setHealth({ state: "down", detail: ev.error });
+    paintStream(s);
+  }
+}
+
 async function stop() {
-  const s = state.streaming;
+  const s = state.conv && state.streams.get(state.conv.id);
   if (!s) return;
   // Tell the server first so it saves the partial answer as stopped; the abort is the fallback.
   await fetch(`/api/conversations/${s.cid}/stop`, { method: "POST" }).catch(() => {});
-}
-
-// ---------------------------------------------------------------- uploads
-async function upload(file) {
-  const conv = await ensureConversation();
-  const chip = document.createElement("span");
-  chip.className = "chip";
-  chip.textContent = t("uploading", { name: file.name });
-  $("#docs").append(chip);
-  try {
-    const res = await fetch(`/api/conversations/${conv.id}/documents`, {
-      method: "POST",
-      headers: { "x-filename": encodeURIComponent(file.name), "content-type": "application/octet-stream" },
-      body: file,
-    });
-    const b = await res.json();
-    if (!res.ok) throw new Error(b.error ? b.error.message : res.statusText);
-    chip.remove();
-    await openConversation(conv.id);
-    $("#backend").textContent = t("uploaded", { name: b.name, chunks: b.chunks });
-  } catch (e) {
-    chip.textContent = e.message;
-    chip.classList.add("bad");
-  }
-}
-
-// ---------------------------------------------------------------- status
-function showBackend(b) {
-  const el = $("#backend");
-  const s = state.status ? state.status.sessions : null;
-  if (!b) {
-    // Before the first lookup ends (mDNS may wait fallback_timeout) this is "looking", not "none".
-    el.textContent = t("finding");
-    return;
-  }
-  el.classList.remove("bad");
-  const how = t("how_" + b.how, { ms: state.status ? state.status.discovery.fallback_timeout : "" });
-  el.textContent = t("backendVia", { url: b.base_url, how }) + (s ? " · " + t("sessions", s) : "");
-  el.dataset.how = b.how;
-  el.dataset.url = b.base_url;
-}
-
-async function pollStatus() {
-  try {
-    state.status = await api("/api/status");
-    showBackend(state.status.backend);
-  } catch (e) { /* the front end itself restarting; try again on the next tick */ }
-}
-
-// ---------------------------------------------------------------- settings (admin)
-async function openSettings() {
-  const { data, admin } = await api("/api/modes");
-  $("#admin-note").textContent = admin ? t("adminYes") : t("adminOnly");
-  const box = $("#prompt-editors");
-  box.replaceChildren();
-  for (const m of data) {
-    const fs = document.createElement("fieldset");
-    const lg = document.createElement("legend");
-    lg.textContent = t("mode_" + m.id);
-    const ta = document.createElement("textarea");
-    ta.id = "prompt-" + m.id;
-    ta.value = m.prompt;
-    ta.disabled = !admin;
-    ta.setAttribute("aria-label", t("mode_" + m.id));
-    const save = document.createElement("button");
-    save.type = "button";
-    save.textContent = t("save");
-    save.disabled = !admin;
-    save.addEventListener("click", async () => {
-      await api("/api/modes/" + m.id, { method: "PUT", body: JSON.stringify({ prompt: ta.value }) });
-      save.textContent = t("saved");
-    });
-    const reset = document.createElement("button");
-    reset.type = "button";
-    reset.textContent = t("reset");
-    reset.disabled = !admin;
-    reset.addEventListener("click", async () => {
-      const r = await api("/api/modes/" + m.id, { method: "DELETE" });
-      ta.value = r.prompt;
-    });
-    fs.append(lg, ta, save, reset);
-    box.append(fs);
-  }
-  const lib = state.status && state.status.library;
-  $("#library").textContent = lib && lib.docs_dir ? t("library", { dir: lib.docs_dir, files: lib.files }) : t("noLibrary");
-  $("#rescan").disabled = !admin;
-  $("#settings").showModal();
-}
-
-// ---------------------------------------------------------------- sidebar (narrow screens)
-function closeSidebar() {
-  $("#sidebar").classList.remove("open");
-  $("#toggle-sidebar").setAttribute("aria-expanded", "false");
 }
 
 // ---------------------------------------------------------------- wiring
@@ -521,7 +373,8 @@ function init() {
     e.preventDefault();
     const ta = $("#prompt");
     const text = ta.value.trim();
-    if (!text || state.streaming) return;
+    if (!text) return;
+    if (state.conv && state.streams.has(state.conv.id)) { notice(t("busyHere")); return; }
     ta.value = "";
     send(text, false);
   });
@@ -531,6 +384,7 @@ function init() {
       $("#composer").requestSubmit();
     }
   });
+  $("#prompt").addEventListener("input", () => notice(""));
   $("#stop").addEventListener("click", stop);
   $("#regenerate").addEventListener("click", () => send("", true));
   $("#new-chat").addEventListener("click", newChat);
@@ -542,23 +396,24 @@ function init() {
   });
   $("#mode").addEventListener("change", async (e) => {
     state.defaultMode = e.target.value;
+    state.modeChosen = true;
+    updateLibraryNote();
     if (state.conv) {
       state.conv.mode = e.target.value;
       await api("/api/conversations/" + state.conv.id, { method: "PATCH", body: JSON.stringify({ mode: e.target.value }) });
     }
   });
-  $("#toggle-sidebar").addEventListener("click", () => {
-    const open = $("#sidebar").classList.toggle("open");
-    $("#toggle-sidebar").setAttribute("aria-expanded", String(open));
-    if (open) $("#search").focus();
-  });
+  $("#toggle-sidebar").addEventListener("click", () => (sidebarOpen() ? closeSidebar() : openSidebar()));
+  $("#backdrop").addEventListener("click", closeSidebar);
   $("#open-settings").addEventListener("click", openSettings);
   $("#rescan").addEventListener("click", async () => {
     const r = await api("/api/library/rescan", { method: "POST" });
     $("#library").textContent = t("library", { dir: r.docs_dir || "-", files: r.files });
+    pollStatus();
   });
   document.addEventListener("keydown", (e) => {
-    if (e.key === "Escape" && state.streaming) { e.preventDefault(); stop(); }
+    if (e.key === "Escape" && sidebarOpen()) { e.preventDefault(); closeSidebar(); $("#toggle-sidebar").focus(); }
+    else if (e.key === "Escape" && state.conv && state.streams.has(state.conv.id)) { e.preventDefault(); stop(); }
     else if ((e.ctrlKey || e.metaKey) && e.shiftKey && (e.key === "O" || e.key === "o")) { e.preventDefault(); newChat(); }
     else if ((e.ctrlKey || e.metaKey) && (e.key === "k" || e.key === "K")) { e.preventDefault(); $("#search").focus(); }
   });
@@ -570,9 +425,8 @@ function init() {
   const m = /c=([0-9a-f]+)/.exec(location.hash);
   if (m) openConversation(m[1]);
   else refreshList();
+  renderChip();
   pollStatus();
-  // A slow poll: enough to notice a re-discovered back end, negligible on the box's CPU.
-  setInterval(pollStatus, 10000);
   document.body.dataset.ready = "1";
 }
 
