@@ -8,6 +8,7 @@ loaded model. Overrides are dotted-free keyword names of ``server`` /
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -69,3 +70,30 @@ def serve(llama_model: Any, model_info: Any) -> Iterator[Callable[..., Any]]:
 def backend(serve: Callable[..., Any]) -> Any:
     """A default real server on the embedded model (batch 8)."""
     return serve()
+
+
+# -- mDNS and TLS servers on loopback (tests/discovery/test_trust.py, tests/ops/test_doctor_tls.py) --
+
+
+@pytest.fixture
+def service_type() -> str:
+    """A service type of this test's own, so no other advertiser on the machine answers it."""
+    return f"_clw{uuid.uuid4().hex[:8]}._tcp.local."
+
+
+@pytest.fixture
+def advertiser(service_type: str) -> Iterator[Any]:
+    from tests.discovery.tls_stub import Advertiser
+
+    adv = Advertiser(service_type)
+    yield adv
+    adv.close()
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Any]]:
+    """Servers a test starts, stopped after it."""
+    started: list[Any] = []
+    yield started
+    for s in started:
+        s.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,26 +26,6 @@ from clawlan.frontend.proxy import Upstream
 from clawlan.server.identity import ensure_identity
 
 KEY = "box-secret-key"
-
-
-@pytest.fixture
-def service_type() -> str:
-    return f"_clw{uuid.uuid4().hex[:8]}._tcp.local."
-
-
-@pytest.fixture
-def advertiser(service_type: str) -> Iterator[Advertiser]:
-    adv = Advertiser(service_type)
-    yield adv
-    adv.close()
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Any]]:
-    started: list[Any] = []
-    yield started
-    for s in started:
-        s.stop()
 
 
 @pytest.fixture

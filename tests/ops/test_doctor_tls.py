@@ -7,8 +7,6 @@ Each test browses its own random service type, so advertisers of other tests
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,26 +19,6 @@ from clawlan.ops.doctor import Check, Doctor, Status, Target, render
 from clawlan.server.identity import ensure_identity
 
 SKIP = ["config", "model", "gpu", "firewall"]
-
-
-@pytest.fixture
-def service_type() -> str:
-    return f"_clw{uuid.uuid4().hex[:8]}._tcp.local."
-
-
-@pytest.fixture
-def advertiser(service_type: str) -> Iterator[Advertiser]:
-    adv = Advertiser(service_type)
-    yield adv
-    adv.close()
-
-
-@pytest.fixture
-def servers() -> Iterator[list]:
-    started: list = []
-    yield started
-    for s in started:
-        s.stop()
 
 
 def by_name(checks: list[Check]) -> dict[str, Check]:
