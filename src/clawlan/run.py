@@ -11,7 +11,7 @@ import signal
 import sys
 from typing import Any
 
-from clawlan.frontend.command import add_run_flags, launch, run_args
+from clawlan.frontend import command as front_command
 from clawlan.server.command import add_server_flags, settings_from_args
 
 
@@ -29,8 +29,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # It gets this server's key (when one is required) and trusts this server's own TLS identity.
     own = ["--trusted-backend", server.identity.fingerprint] if server.identity else []
     key = settings.frontend.api_key or (settings.server.api_keys[0] if settings.server.api_keys else None)
-    front = launch(args.config, backend=server.base_url, port=args.front_port or settings.frontend.port,
-                   extra_args=own + run_args(args), api_key=key)
+    front = front_command.launch(args.config, backend=server.base_url, port=args.front_port or settings.frontend.port,
+                   extra_args=own + front_command.run_args(args), api_key=key)
     print(f"clawlan: API at {server.base_url}/v1 (model {info.path.name}, loading in the background)", flush=True)
     print(f"clawlan: chat at {front.url}", flush=True)
     # uvicorn shuts down on SIGTERM and then re-raises it; make that an exit, so the front end is stopped too.
@@ -45,5 +45,5 @@ def cmd_run(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run the back end and a front end beside it (make run)")
     add_server_flags(p)
-    add_run_flags(p)  # the front end's options, e.g. --docs-dir
+    front_command.add_run_flags(p)  # the front end's options, e.g. --docs-dir
     p.set_defaults(func=cmd_run)
