@@ -18,7 +18,8 @@ from clawlan import __version__
 from clawlan.errors import ClawlanError
 
 COMMANDS = [
-    "clawlan.server.command",  # serve, run, config show
+    "clawlan.server.command",  # serve, config show
+    "clawlan.run",  # run: the server and a front end together
     "clawlan.frontend.command",  # front
     "clawlan.tools.command",  # clawdbot-config
     "clawlan.ops.command",  # plan, doctor, bench, quantize

@@ -15,6 +15,9 @@ Routes
     POST /api/library/rescan                  re-read the customer-service docs folder (admin)
     *    /v1/...                              OpenAI-compatible, forwarded to the back end
     GET  /health                              the front end itself is up
+
+An answer's request and stream are :mod:`clawlan.frontend.chat`; ``/v1`` is
+:mod:`clawlan.frontend.openai_routes`; the back-end trust pages are :mod:`clawlan.frontend.trust_routes`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import html
 import json
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,20 +45,17 @@ from clawlan import __version__
 from clawlan.discovery.browser import Backend, Discoverer
 from clawlan.discovery.trust import PINS_FILE, TrustStore
 from clawlan.errors import ClawlanError, InvalidRequest, NotFound, RequestError
-from clawlan.frontend import documents, security, trust_routes
+from clawlan.frontend import chat, documents, openai_routes, security, trust_routes
 from clawlan.frontend.health import Health, HealthProbe
-from clawlan.frontend.modes import DEFAULT_MODE, LIBRARY_MODE, MODES, system_message
-from clawlan.frontend.proxy import RETRYABLE, Opened, Upstream, UpstreamError, sse_events
+from clawlan.frontend.modes import DEFAULT_MODE, LIBRARY_MODE, MODES
+from clawlan.frontend.proxy import Upstream, UpstreamError
 from clawlan.frontend.retrieval import Hit, Index, Segmenter
 from clawlan.frontend.sessions import SessionLimiter
 from clawlan.frontend.store import Store
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
-HISTORY_CHARS = 6000
-KEEPALIVE_S = 5.0  # recent turns sent with a question; the back end's context is small
-RETRY_LOOKUP_MS = 1000  # mDNS wait for a chat request after one found the back end down
-LOAD_WAIT_S = 900.0  # a message sent while the model loads waits this long (a big model on a NUC is slow)
+KEEPALIVE_S = 5.0  # an answer's SSE stream writes at least this often, so a page that left is noticed
 
 
 def default_data_dir() -> Path:
@@ -103,10 +102,6 @@ class Forbidden(RequestError):
 
 def _json_error(exc: RequestError) -> JSONResponse:
     return JSONResponse(exc.to_body(), status_code=exc.status_code)
-
-
-def _is_loopback(host: str | None) -> bool:
-    return security.is_loopback(host)
 
 
 class Frontend:
@@ -219,183 +214,9 @@ class Frontend:
         return security.admin_allowed(request.client.host if request.client else None,
                                       request.headers.get("x-admin-token"), self.cfg.admin_token)
 
-    # -- retrieval ---------------------------------------------------------------
     def retrieve(self, conv: dict[str, Any], question: str) -> list[Hit]:
-        mode = MODES.get(conv["mode"], MODES[DEFAULT_MODE])
-        if mode.retrieval == "library":
-            docs = self.store.documents(None)
-        elif mode.retrieval == "uploads":
-            docs = self.store.documents(conv["id"])
-        else:
-            return []
-        ids = [d["id"] for d in docs]
-        hits = self.index.search(question, ids, k=3)
-        if not hits and mode.retrieval == "uploads":
-            hits = self.index.first_chunks(ids, k=2)
-        return hits
-
-    def history(self, cid: str, upto: int) -> list[dict[str, str]]:
-        msgs = [
-            m for m in self.store.messages(cid)
-            if m["id"] < upto and m["content"] and m["role"] in ("user", "assistant")
-        ]
-        out: list[dict[str, str]] = []
-        total = 0
-        for m in reversed(msgs):
-            total += len(m["content"])
-            if out and total > HISTORY_CHARS:
-                break
-            out.append({"role": m["role"], "content": m["content"]})
-        out.reverse()
-        # A history that starts with the assistant confuses chat templates that expect user first.
-        while out and out[0]["role"] != "user":
-            out.pop(0)
-        return out
-
-    # -- generation ---------------------------------------------------------------
-    async def generate(self, cid: str, mid: int, body: dict[str, Any], q: asyncio.Queue[dict[str, Any] | None]) -> None:
-        """Produce one answer into ``q`` and SQLite. Runs as its own task so stop can cancel it."""
-        text = ""
-        status = "error"
-        error: str | None = None
-        error_code: str | None = None
-        ticket = self.limiter.ticket()
-
-        def put(ev: dict[str, Any]) -> None:
-            # Every event carries the device-wide counts as of now, so the page's status chip is never stale.
-            q.put_nowait({**ev, "sessions": self.limiter.snapshot()})
-
-        try:
-            if not ticket.granted:
-                self.store.update_message(mid, status="queued")
-                shown = ticket.position
-                put({"type": "queued", "position": shown, **self.limiter.snapshot()})
-                while not ticket.granted:
-                    # Wake once a second to move the visible place in line; the grant itself wakes at once.
-                    if not await ticket.wait_up_to(1.0) and ticket.position != shown:
-                        shown = ticket.position
-                        put({"type": "queued", "position": shown, **self.limiter.snapshot()})
-            self.store.update_message(mid, status="streaming")
-            attempts = 0
-            waiting_since = time.monotonic()
-            lookups_again = False
-            while True:
-                # Right after a failure, mDNS has already had its fallback_timeout and a re-query: a Retry
-                # waits a second for an answer, not the full timeout, before trying the static address.
-                target = await self.discoverer.aresolve(RETRY_LOOKUP_MS if self.backend_down else None)
-                self.last_backend = target
-                try:
-                    # retries=0: a down back end is reported at once (the page offers Retry), and a loading
-                    # one is waited for below, visibly, instead of inside the proxy's short retry window.
-                    opened = await self.upstream.open(
-                        "POST", "/v1/chat/completions",
-                        content=json.dumps({**body, "model": await self.upstream.model_id(target)}).encode(),
-                        headers={"content-type": "application/json", "accept": "text/event-stream"},
-                        retries=0,
-                    )
-                except UpstreamError as exc:
-                    self.health.forget(target.base_url)  # the status chip turns red on the page's next poll
-                    self.backend_down = True
-                    if not lookups_again:
-                        # Once more at once, on whatever discovery finds now (a server restarted on another
-                        # port); a second failure is reported: the page offers Retry.
-                        lookups_again = True
-                        continue
-                    error, error_code = exc.message, "backend_down"
-                    break
-                backend = opened.backend
-                self.store.update_message(mid, backend=backend.base_url)
-                if opened.response.status_code != 200:
-                    raw = b"".join([c async for c in opened.chunks()])  # chunks() yields opened.first too
-                    error, wait_s = await self._refusal(opened, raw)
-                    if wait_s is not None and time.monotonic() - waiting_since < LOAD_WAIT_S:
-                        # Loading (or full): the page says so and the message goes through once it is ready.
-                        put({"type": "loading", "reason": error, "retry_after": wait_s})
-                        error = None
-                        await asyncio.sleep(wait_s)
-                        continue
-                    break
-                put({"type": "start", "backend": backend.to_json()})
-                self.backend_down = False
-                finished = False
-                try:
-                    async for ev in sse_events(opened.chunks()):
-                        if ev is None:
-                            finished = True
-                            break
-                        if "error" in ev:
-                            raise UpstreamError(str(ev["error"].get("message", ev["error"])))
-                        for choice in ev.get("choices") or []:
-                            delta = (choice.get("delta") or {}).get("content") or ""
-                            if delta:
-                                text += delta
-                                # Stored before it is shown: a kill -9 of either process never loses
-                                # text the user saw (a WAL commit without fsync is a page-cache write).
-                                self.store.update_message(mid, content=text)
-                                put({"type": "delta", "text": delta})
-                        if ev.get("usage"):
-                            put({"type": "usage", "usage": ev["usage"]})
-                    if not finished:
-                        # The stream ended without [DONE]: the server went away mid-answer.
-                        raise UpstreamError("the connection to the back end closed before the answer finished")
-                except (UpstreamError, *RETRYABLE) as exc:
-                    msg = exc.message if isinstance(exc, UpstreamError) else f"{type(exc).__name__}"
-                    self.discoverer.invalidate(backend.base_url)
-                    if not text and attempts < 2:
-                        attempts += 1  # nothing shown yet: try again, on whatever discovery finds now
-                        put({"type": "retry", "reason": msg})
-                        continue
-                    error = f"the back end stopped answering ({msg}); the text so far is kept"
-                    error_code = "backend_lost"
-                    break
-                status = "done"
-                break
-        except asyncio.CancelledError:
-            status = "stopped"
-        except Exception as exc:  # noqa: BLE001 - any failure must reach the UI and the DB, not vanish
-            log.exception("generation failed")
-            error = f"{type(exc).__name__}: {exc}"
-        finally:
-            ticket.release()
-            if error:
-                status = "error"
-            self.store.update_message(mid, content=text, status=status, error=error)
-            self.store.touch(cid)
-            self.running.pop(cid, None)
-            put({"type": status, "error": error, "code": error_code, "id": mid, "content": text})
-            q.put_nowait(None)
-
-    async def _refusal(self, opened: Opened, raw: bytes) -> tuple[str, float | None]:
-        """A non-200 answer: its message, and how long to wait before asking again (None: give up)."""
-        code = opened.response.status_code
-        try:
-            message = str(json.loads(raw)["error"]["message"])
-        except (ValueError, KeyError, TypeError):
-            message = f"back end answered HTTP {code}"
-        if code != 503:
-            return message, None
-        health = await self.backend_health(opened.backend, fresh=True)
-        if health.state == "error":  # the model failed to load: waiting will not help
-            return health.detail or message, None
-        try:
-            wait_s = float(opened.response.headers.get("retry-after") or 1.0)
-        except ValueError:
-            wait_s = 1.0
-        return message, min(max(wait_s, 0.5), 5.0)
-
-    def chat_body(self, conv: dict[str, Any], mid: int, question: str, hits: list[Hit]) -> dict[str, Any]:
-        msgs = [{"role": "system", "content": system_message(self.prompt(conv["mode"]), hits, question)}]
-        msgs += self.history(conv["id"], mid)
-        if msgs[-1]["role"] != "user":
-            msgs.append({"role": "user", "content": question})
-        return {
-            **self.cfg.request_defaults,
-            "messages": msgs,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "max_tokens": self.cfg.max_tokens,
-        }
-
+        """:func:`clawlan.frontend.chat.retrieve`, as a method so a test can hold a send inside it."""
+        return chat.retrieve(self, conv, question)
 
 # ---------------------------------------------------------------------------
 # HTTP handlers
@@ -530,8 +351,8 @@ def build_app(cfg: FrontConfig) -> Starlette:
         mid = fe.store.add_message(cid, "assistant", "", status="streaming", sources=sources)
         q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         await q.put({"type": "begin", "user_id": user_id, "id": mid, "title": conv["title"], "sources": sources})
-        chat = fe.chat_body(conv, old_ids[0] if old_ids else mid, question, hits)
-        task = asyncio.create_task(replace_answer(cid, mid, chat, q, old_ids))
+        request_body = chat.chat_body(fe, conv, old_ids[0] if old_ids else mid, question, hits)
+        task = asyncio.create_task(replace_answer(cid, mid, request_body, q, old_ids))
         fe.running[cid] = task
 
         async def events() -> AsyncIterator[bytes]:
@@ -557,9 +378,9 @@ def build_app(cfg: FrontConfig) -> Starlette:
             events(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
         )
 
-    async def replace_answer(cid: str, mid: int, chat: dict[str, Any], q: asyncio.Queue[dict[str, Any] | None],
+    async def replace_answer(cid: str, mid: int, body: dict[str, Any], q: asyncio.Queue[dict[str, Any] | None],
                              old_ids: list[int]) -> None:
-        await fe.generate(cid, mid, chat, q)
+        await chat.generate(fe, cid, mid, body, q)
         if not old_ids:
             return
         # Synchronous from here: runs before the page can read the conversation again.
@@ -636,55 +457,6 @@ def build_app(cfg: FrontConfig) -> Starlette:
         require_admin(request)
         return JSONResponse(await asyncio.to_thread(fe.scan_library))
 
-    async def openai_proxy(request: Request) -> Response:
-        """Forward /v1/* to the back end, unbuffered; generation requests take a session slot."""
-        # Only the OpenAI routes, normalized: /v1/../metrics must not reach the back end's other routes.
-        clean = security.proxied_path(request.scope["path"])
-        if clean is None:
-            raise NotFound(f"{request.scope['path']} is not an OpenAI route of this endpoint")
-        path = clean + (f"?{request.url.query}" if request.url.query else "")
-        body = await request.body()
-        # The box's key is added for callers on the box, or holding a local key; others bring their own.
-        trusted = security.caller_gets_key(request.client.host if request.client else None,
-                                           request.headers.get("authorization"), cfg.local_api_keys)
-        forward = ("content-type", "accept") if trusted and cfg.local_api_keys else (
-            "content-type", "accept", "authorization")
-        headers = {k: v for k, v in request.headers.items() if k in forward}
-        generates = request.method == "POST" and clean.endswith(("/completions", "/embeddings"))
-        ticket = fe.limiter.ticket() if generates else None
-        try:
-            if ticket is not None:
-                await ticket.wait()
-            opened = await fe.upstream.open(request.method, path, content=body or None, headers=headers,
-                                            add_key=trusted)
-        except UpstreamError as exc:
-            if ticket:
-                ticket.release()
-            return JSONResponse(exc.body, status_code=exc.status)
-        except BaseException:
-            if ticket:
-                ticket.release()
-            raise
-
-        async def relay() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in opened.chunks():
-                    yield chunk
-            except Exception as exc:  # noqa: BLE001 - mid-stream: tell an SSE client in its own terms
-                fe.discoverer.invalidate(opened.backend.base_url)
-                if "text/event-stream" in opened.response.headers.get("content-type", ""):
-                    err = {"error": {"message": f"back end lost mid-answer ({type(exc).__name__})",
-                                     "type": "server_error", "param": None, "code": "backend_lost"}}
-                    yield f"data: {json.dumps(err)}\n\n".encode()
-            finally:
-                if ticket:
-                    ticket.release()
-
-        keep = ("content-type", "retry-after", "x-request-id")
-        out_headers = {k: v for k, v in opened.response.headers.items() if k in keep}
-        out_headers["x-clawlan-backend"] = opened.backend.base_url
-        return StreamingResponse(relay(), status_code=opened.response.status_code, headers=out_headers)
-
     async def on_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestError)
         return _json_error(exc)
@@ -711,7 +483,7 @@ def build_app(cfg: FrontConfig) -> Starlette:
         Route("/api/modes/{mode}", one_mode, methods=["GET", "PUT", "DELETE"]),
         Route("/api/library/rescan", rescan, methods=["POST"]),
         *trust_routes.routes(fe, require_admin),
-        Route("/v1/{rest:path}", openai_proxy, methods=["GET", "POST"]),
+        *openai_routes.routes(fe),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     names = lambda: security.own_names(cfg.host, cfg.trusted_hosts)  # noqa: E731

@@ -1,11 +1,9 @@
-"""``clawlan serve``, ``clawlan run`` and ``clawlan config show``."""
+"""``clawlan serve`` and ``clawlan config show`` (``clawlan run`` is :mod:`clawlan.run`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import sys
 from typing import Any
 
 from clawlan.config import load_settings
@@ -90,34 +88,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0 if server.backend.error is None else 1
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """The back end and a front end beside it (``make run``)."""
-    from clawlan.frontend.command import launch, run_args
-    from clawlan.model.store import resolve
-    from clawlan.server.backend import Backend
-    from clawlan.server.serving import RunningServer
-
-    settings = settings_from_args(args).settings
-    logging.getLogger().setLevel(settings.server.log_level.upper())
-    info = resolve(settings.server.model, settings.server.model_sha256)
-    server = RunningServer(settings, Backend(settings, info=info))
-    # The front end is its own light process, as on a NUC; it is told where this back end is.
-    # It gets this server's key (when one is required) and trusts this server's own TLS identity.
-    own = ["--trusted-backend", server.identity.fingerprint] if server.identity else []
-    key = settings.frontend.api_key or (settings.server.api_keys[0] if settings.server.api_keys else None)
-    front = launch(args.config, backend=server.base_url, port=args.front_port or settings.frontend.port,
-                   extra_args=own + run_args(args), api_key=key)
-    print(f"clawlan: API at {server.base_url}/v1 (model {info.path.name}, loading in the background)", flush=True)
-    print(f"clawlan: chat at {front.url}", flush=True)
-    # uvicorn shuts down on SIGTERM and then re-raises it; make that an exit, so the front end is stopped too.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.run()
-    finally:
-        front.stop()
-    return 0
-
-
 def cmd_config_show(args: argparse.Namespace) -> int:
     print(show(settings_from_args(args)))
     return 0
@@ -127,12 +97,6 @@ def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the shared model server (OpenAI API)")
     add_server_flags(p)
     p.set_defaults(func=cmd_serve)
-    p = sub.add_parser("run", help="run the back end and a front end beside it (make run)")
-    add_server_flags(p)
-    from clawlan.frontend.command import add_run_flags
-
-    add_run_flags(p)  # the front end's options, e.g. --docs-dir
-    p.set_defaults(func=cmd_run)
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     s = csub.add_parser("show", help="print the effective config and where each value came from")
