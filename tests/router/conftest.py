@@ -66,8 +66,10 @@ def status(url: str, path: str = "/health") -> int:
         return 0
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prefix() -> str:
+    # One per test module: the cluster's nodes advertise under theirs while they run, and a
+    # membership test's router (``--match PREFIX-*``) must not see them.
     return f"rt{uuid.uuid4().hex[:8]}"
 
 
@@ -117,7 +119,7 @@ class Node:
         self.kill(signal.SIGTERM)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def nodes(prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Node]]:
     """Three real nodes on the embedded model. Context 16k: the OpenClaw-sized request needs ~11k."""
     log_dir = tmp_path_factory.mktemp("nodes")
