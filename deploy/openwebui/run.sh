@@ -26,6 +26,12 @@ export ANONYMIZED_TELEMETRY=False
 export DO_NOT_TRACK=True
 export SCARF_NO_ANALYTICS=True
 
+# Documents: Open WebUI embeds them with a sentence-transformers model it would download at first
+# start (and logs a traceback when it cannot). clawlan has no embeddings endpoint, so skip the
+# embedding model and give the model whole documents ("full context" mode) instead.
+export RAG_EMBEDDING_MODEL=""
+export BYPASS_EMBEDDING_AND_RETRIEVAL=True
+
 # Background "task" requests (a title, tags, follow-up suggestions, autocomplete) are extra chat
 # requests with no max_tokens. A small model that does not stop keeps a slot busy for minutes;
 # on a CPU server keep them off, or give them a small task model.
