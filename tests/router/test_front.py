@@ -159,7 +159,7 @@ def test_a_stream_cut_mid_event_ends_with_an_error_event_and_openai_raises_apier
             # Live, not buffered: the first event is here while the upstream still holds the rest back.
             upstream.gate.set()
     assert not isinstance(err.value, openai.APIConnectionError), repr(err.value)
-    assert err.value.body["code"] == "upstream_stream_lost" and "stopped in the middle" in err.value.message
+    assert err.value.body["code"] == "upstream_stream_lost" and "stopped mid-answer" in err.value.message
     assert text == "Hel"  # what came before the cut is kept; the half event is not passed on as broken JSON
     assert upstream.seen[-1]["headers"]["authorization"] == "Bearer office-key"
 
@@ -258,3 +258,30 @@ def test_a_taken_port_is_a_one_line_error() -> None:
             listen(LOOPBACK, s.getsockname()[1])
     finally:
         s.close()
+
+
+def test_the_chat_page_says_what_happened_and_keeps_the_text(upstream: Upstream, make_front, tmp_path: Path) -> None:
+    """A real front end (its chat API, as the page uses it) given the router by URL: the cut answer ends
+    in an error naming the cause, and the text that arrived is kept in the conversation."""
+    from clawlan.frontend.command import launch
+    from clawlan.router.process import free_port
+
+    front = make_front(upstream.url)
+    fe = launch(backend=url_of(front), port=free_port(),
+                extra_args=["--data-dir", str(tmp_path / "front"), "--discovery", "static"])
+    try:
+        cid = httpx.post(fe.url + "api/conversations", json={}, timeout=10).json()["id"]
+        events = []
+        with httpx.stream("POST", fe.url + f"api/conversations/{cid}/messages", json={"content": "hi"}, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    if events[-1]["type"] == "delta":
+                        upstream.gate.set()  # the page has the first words: now the node dies
+        last = events[-1]
+        assert last["type"] == "error" and last["content"] == "Hel", last
+        assert "stopped mid-answer" in last["error"] and "kept" in last["error"], last
+        stored = httpx.get(fe.url + f"api/conversations/{cid}", timeout=10).json()
+        assert stored["messages"][-1]["content"] == "Hel", stored["messages"][-1]
+    finally:
+        fe.stop()

@@ -209,8 +209,7 @@ class Front:
             # The node died mid-answer and vllm-router closed our connection with the body unfinished.
             # The unfinished event is dropped (half a JSON object helps nobody); the error says why.
             log.warning("stream on %s broke off: %r", path, exc)
-            yield error_event("the model server stopped in the middle of this answer (its connection broke off: "
-                              f"{type(exc).__name__}); the answer is incomplete, send the request again")
+            yield error_event("a model server behind the router stopped mid-answer; this answer is incomplete")
         finally:
             await resp.aclose()
 
