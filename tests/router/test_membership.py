@@ -175,3 +175,23 @@ def test_a_killed_clawlan_router_takes_its_vllm_router_along(stub_worker):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_a_bad_txt_record_does_not_stop_the_router_browsing(make_router, announcer, stub_worker, prefix):
+    """A LAN host's undecodable TXT (here in ``role``) once ended the router's browser thread; the
+    shared browse core (discovery/watch.py) parses it safely and keeps listening."""
+    import socket
+
+    from zeroconf import ServiceInfo
+
+    good = stub_worker()
+    router = make_router()
+    bad = ServiceInfo(SERVICE_TYPE, f"{prefix}-bad.{SERVICE_TYPE}", addresses=[socket.inet_aton("127.0.0.1")], port=9,
+                      properties={b"model": b"\xff\xfe", b"role": b"\xff", b"\xc3": b"x"}, server=f"{prefix}-bad.local.")  # fmt: skip
+    announcer.zc.register_service(bad)
+    try:
+        wait_for(lambda: any(r.name.startswith(f"{prefix}-bad") for r in router.browser.nodes()), 20, "the bad record parsed")
+        announcer.announce(f"{prefix}-good", good.port)
+        wait_for(lambda: members(router) == {good.url}, 20, "the good worker after the bad record")
+    finally:
+        announcer.zc.unregister_service(bad)

@@ -20,9 +20,9 @@ from typing import Any
 
 from clawlan import __version__
 from clawlan.discovery.identity import Identity, server_identity
-from clawlan.discovery.service import show_fingerprint
+from clawlan.discovery.service import ROUTER_ROLE, ServiceRecord, show_fingerprint
 from clawlan.errors import ConfigError
-from clawlan.router.browse import NodeBrowser, RouterRecord
+from clawlan.router.browse import NodeBrowser
 from clawlan.router.front import DEFAULT_MAX_BODY, Front, FrontServer, listen
 from clawlan.router.pool import Pool
 from clawlan.router.process import POLICIES, RouterOptions, RouterProcess, WorkerAdmin, free_port
@@ -138,7 +138,7 @@ class Router:
         # "(" sorts before letters: a front end that picks the first name in order (today's rule)
         # takes the router over "clawlan on HOST" nodes; TXT role=router says it outright.
         name = a.name or f"clawlan (router) on {socket.gethostname().split('.')[0]}"
-        record = RouterRecord(name=name, host=a.host, port=self.port, model=model, version=__version__,
+        record = ServiceRecord(name=name, host=a.host, port=self.port, model=model, version=__version__, role=ROUTER_ROLE,
                               auth=any(r.auth for r in found), tls=self.identity is not None,
                               fingerprint=self.identity.fingerprint if self.identity else "")
         bind = a.mdns_interface[0] if a.mdns_interface else a.host
