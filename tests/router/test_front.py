@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from tests.router.conftest import wait_for
 
 from clawlan.discovery.identity import ensure_identity
 from clawlan.discovery.trust import fetch_certificate, fingerprint_of_der
@@ -40,6 +41,7 @@ class Upstream:
         self.seen: list[dict[str, Any]] = []
         self.gate = threading.Event()  # the test opens it once the first event has reached the client
         self.ready_status = 200
+        self.held_closed = threading.Event()  # /v1/hold saw its caller (the front) close the connection
         up = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -80,6 +82,11 @@ class Upstream:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self._record() or b"{}")
+                if self.path.startswith("/v1/hold"):  # a long generation: answers only when the caller leaves
+                    self.connection.settimeout(30)
+                    if self.connection.recv(1) == b"":
+                        up.held_closed.set()
+                    return
                 if self.path.startswith("/v1/refuse"):
                     self._send(503, b"No available workers (all circuits open or unhealthy)", "text/plain", retry_after="1")
                     return
@@ -285,3 +292,16 @@ def test_the_chat_page_says_what_happened_and_keeps_the_text(upstream: Upstream,
         assert stored["messages"][-1]["content"] == "Hel", stored["messages"][-1]
     finally:
         fe.stop()
+
+
+def test_a_caller_that_leaves_drops_its_request_upstream(upstream: Upstream, make_front) -> None:
+    """A non-stream answer is pending for as long as it generates; when its caller gives up, the router's
+    request goes too, so the node is not left generating for nobody."""
+    front = make_front(upstream.url)
+    body = b'{"model": "m"}'
+    with socket.create_connection((LOOPBACK, front.sock.getsockname()[1])) as c:
+        c.sendall(b"POST /v1/hold HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_for(lambda: any(r["path"] == "/v1/hold" for r in upstream.seen), 30, "the request upstream")
+    # The caller's socket is closed here.
+    assert upstream.held_closed.wait(20), "the front kept the upstream request open after its caller left"

@@ -168,8 +168,33 @@ class Front:
         drop = HOP_BY_HOP | named
         headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in drop]
         headers.append((b"accept-encoding", b"identity"))  # loopback: nothing to save, and SSE stays editable
+        req = self.client.build_request(request.method, url, headers=headers, content=body)
+        # A non-stream answer comes only when it is generated: if the caller leaves first, drop the request
+        # upstream too (vllm-router then closes the node's connection, and the node stops generating).
+        exchange = asyncio.ensure_future(self._exchange(req, path))
+        gone = asyncio.ensure_future(self._client_gone(request))
         try:
-            req = self.client.build_request(request.method, url, headers=headers, content=body)
+            await asyncio.wait({exchange, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not exchange.done():
+            exchange.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await exchange
+            log.info("the caller of %s left before the answer; its request upstream was dropped", path)
+            return Response(status_code=499)  # nobody reads it
+        return exchange.result()
+
+    @staticmethod
+    async def _client_gone(request: Request) -> None:
+        # The body has been read, so the next ASGI message is the disconnect (uvicorn sends nothing else).
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    async def _exchange(self, req: httpx.Request, path: str) -> Response:
+        """Send ``req`` upstream; a stream is handed on as it comes, any other answer is read whole."""
+        assert self.client is not None
+        try:
             resp = await self.client.send(req, stream=True)
         except httpx.HTTPError as exc:
             log.warning("vllm-router failed before answering %s: %r", path, exc)
