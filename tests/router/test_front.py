@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +20,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from tests.router.conftest import wait_for
+from tests.router.conftest import members, needs_router, wait_for
 
 from clawlan.discovery.identity import ensure_identity
 from clawlan.discovery.trust import fetch_certificate, fingerprint_of_der
@@ -305,3 +306,62 @@ def test_a_caller_that_leaves_drops_its_request_upstream(upstream: Upstream, mak
         wait_for(lambda: any(r["path"] == "/v1/hold" for r in upstream.seen), 30, "the request upstream")
     # The caller's socket is closed here.
     assert upstream.held_closed.wait(20), "the front kept the upstream request open after its caller left"
+
+
+class RecordingWorker:
+    """A model-server stand-in behind real vllm-router: healthy, answers chats, records their headers."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+        worker = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def _send(self, body: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self._send(b'{"status":"ok"}' if self.path == "/health" else b'{"load":0}')
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                worker.seen.append({k.lower(): v for k, v in self.headers.items()})
+                self._send(json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                                    "finish_reason": "stop"}]}).encode())
+
+        self.httpd = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.url = f"http://{LOOPBACK}:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@needs_router
+def test_the_key_reaches_the_node_through_the_front_and_real_vllm_router(make_router, tmp_path: Path) -> None:
+    w = RecordingWorker()
+    try:
+        router = make_router("--no-discover", "--worker", w.url, "--tls", "--state-dir", str(tmp_path / "id"))
+        wait_for(lambda: members(router) == {w.url}, 30, "the worker in the pool")
+        ca = ssl.create_default_context(cafile=str(router.identity.cert))  # its own certificate as the CA
+        client = openai.OpenAI(base_url=router.url + "/v1", api_key="office-key", max_retries=0, timeout=30,
+                               http_client=httpx.Client(verify=ca))
+        r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
+                                           extra_headers={"X-Office": "floor2"})
+        assert r.choices[0].message.content == "ok"
+        assert w.seen[-1]["authorization"] == "Bearer office-key" and w.seen[-1]["x-office"] == "floor2"
+        # The worker-management API is on vllm-router's loopback port only.
+        assert httpx.post(router.url + "/add_worker", params={"url": "http://10.6.6.6:8080"},
+                          verify=ca).status_code == 404
+        assert members(router) == {w.url}
+    finally:
+        w.close()
