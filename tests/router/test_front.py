@@ -227,6 +227,22 @@ def test_bodies_over_the_cap_get_413_and_never_reach_the_router(upstream: Upstre
     assert upstream.seen == []
 
 
+def test_a_body_that_does_not_arrive_in_time_gets_408(upstream: Upstream, make_front) -> None:
+    front = make_front(upstream.url, body_timeout_s=0.5)
+    with socket.create_connection((LOOPBACK, front.sock.getsockname()[1])) as c:
+        c.settimeout(30)
+        c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\"")
+        head = b""
+        while not head.endswith(b"}}"):  # the rest of the body never comes; the answer does
+            more = c.recv(65536)
+            if not more:
+                break
+            head += more
+    assert head.startswith(b"HTTP/1.1 408"), head[:200]
+    assert b"request_timeout" in head
+    assert upstream.seen == []
+
+
 def test_worker_management_is_not_open_through_the_front(upstream: Upstream, make_front) -> None:
     front = make_front(upstream.url)
     for path in ("/add_worker?url=http://10.6.6.6:8080", "/remove_worker?url=x", "/flush_cache",

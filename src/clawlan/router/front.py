@@ -93,7 +93,14 @@ class Front:
             routes=[Route("/health", self.health, methods=["GET"]),
                     Route("/{path:path}", self.forward, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])],
             lifespan=self._lifespan,
+            exception_handlers={Exception: self._internal},
         )  # fmt: skip
+
+    @staticmethod
+    async def _internal(request: Request, exc: Exception) -> Response:
+        # A bug here must still answer in the shape clients parse, and say where it happened.
+        log.error("router front failed on %s", request.url.path, exc_info=exc)
+        return JSONResponse(error_body(f"the router failed: {type(exc).__name__}", "internal_error"), status_code=500)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
