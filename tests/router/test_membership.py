@@ -108,6 +108,7 @@ def test_bad_flags_and_missing_binary_are_one_line_errors():
         (["--sync-interval", "0"], "--sync-interval"),
         (["--tls-cert", "/tmp/c.pem"], "--tls-cert and --tls-key go together"),
         (["--max-body-bytes", "10"], "--max-body-bytes 10"),
+        (["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"], "--tls-cert /nonexistent/c.pem"),
     ]:
         p = run_cli(*args)
         assert p.returncode == 2, (args, p.stderr)

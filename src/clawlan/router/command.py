@@ -90,8 +90,12 @@ class Router:
         self.process = RouterProcess(options, args.router_binary)
         self.lan = args.host not in ("127.0.0.1", "localhost", "::1")
         # Same rule as `clawlan serve`: HTTPS with our own identity on the LAN, plain on loopback unless asked.
-        self.identity: Identity | None = server_identity(args.tls_cert, args.tls_key, self.lan, args.tls,
-                                                         args.state_dir, kind="router")
+        try:
+            self.identity: Identity | None = server_identity(args.tls_cert, args.tls_key, self.lan, args.tls,
+                                                             args.state_dir, kind="router")
+        except (OSError, ValueError) as exc:  # a missing or non-PEM certificate, an unwritable state dir
+            where = f"--tls-cert {args.tls_cert}" if args.tls_cert else f"--state-dir {args.state_dir or '(default)'}"
+            raise ConfigError(f"{where}: {getattr(exc, 'strerror', None) or exc}") from None
         self.sock = listen(args.host, args.port)
         self.port = int(self.sock.getsockname()[1])
         self.front: FrontServer | None = None
