@@ -10,6 +10,7 @@ import httpx
 from tests.router.conftest import SRC, members, needs_router, status, wait_for
 
 from clawlan.discovery.browser import Discoverer
+from clawlan.discovery.identity import ensure_identity
 from clawlan.discovery.service import SERVICE_TYPE
 from clawlan.router.browse import ROUTER_ROLE
 
@@ -66,9 +67,28 @@ def test_router_advertises_itself_with_role_router(make_router, prefix):
 
         d.start()
         rec = wait_for(found, 20, "the router's advertisement")
-        assert rec.base_url == router.process.url
+        assert rec.base_url == router.url and router.url != router.process.url  # the front, not vllm-router
         info = d._zc.get_service_info(SERVICE_TYPE, rec.name, timeout=3000)
         assert info is not None and info.properties[b"role"] == ROUTER_ROLE.encode()
+        assert not rec.tls and not rec.fingerprint  # on loopback it stays plain unless --tls, as a server does
+    finally:
+        d.close()
+
+
+def test_router_on_tls_advertises_its_fingerprint_and_presents_that_key(make_router, prefix, tmp_path):
+    from clawlan.discovery.trust import fetch_certificate, fingerprint_of_der
+
+    router = make_router("--advertise", "--tls", "--state-dir", str(tmp_path / "id"), "--name", f"{prefix}-tls-router")
+    assert router.identity is not None and router.url.startswith("https://")
+    d = Discoverer("mDNS", 10_000, "http://10.9.9.9:8080", interfaces=["127.0.0.1"])
+    try:
+        d.start()
+        rec = wait_for(lambda: next((r for r in d.services() if r.name.startswith(f"{prefix}-tls-router")), None), 20,
+                       "the router's advertisement")
+        assert rec.tls and rec.fingerprint == router.identity.fingerprint and rec.base_url == router.url
+        assert fingerprint_of_der(fetch_certificate("127.0.0.1", router.port)) == router.identity.fingerprint
+        # The same identity at the next start (a front end's pin stays valid).
+        assert router.identity == ensure_identity(tmp_path / "id", kind="router")
     finally:
         d.close()
 
@@ -86,6 +106,9 @@ def test_bad_flags_and_missing_binary_are_one_line_errors():
         (["--worker", "10.0.0.5:8080"], "--worker 10.0.0.5:8080"),
         (["--router-binary", "/nonexistent/vllm-router"], "no such executable"),
         (["--sync-interval", "0"], "--sync-interval"),
+        (["--tls-cert", "/tmp/c.pem"], "--tls-cert and --tls-key go together"),
+        (["--max-body-bytes", "10"], "--max-body-bytes 10"),
+        (["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"], "--tls-cert /nonexistent/c.pem"),
     ]:
         p = run_cli(*args)
         assert p.returncode == 2, (args, p.stderr)
@@ -107,7 +130,7 @@ def test_missing_router_binary_says_how_to_install(monkeypatch, tmp_path):
 
 def test_taken_port_is_a_one_line_error(make_router):
     router = make_router()
-    p = run_cli("--port", str(router.process.options.port))
+    p = run_cli("--port", str(router.port))
     assert p.returncode == 2 and "already in use" in p.stderr and p.stderr.count("\n") == 1, p.stderr
 
 
@@ -140,15 +163,36 @@ def test_a_killed_clawlan_router_takes_its_vllm_router_along(stub_worker):
     from clawlan.router.process import free_port, port_taken
 
     w = stub_worker()
-    port = free_port()
+    port, inner = free_port(), free_port()  # ours, and vllm-router's own on loopback
     p = subprocess.Popen([sys.executable, "-m", "clawlan", "router", "--no-discover", "--worker", w.url, "--port", str(port),
-                          "--metrics-port", str(free_port())], env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                          "--router-port", str(inner), "--metrics-port", str(free_port())],
+                         env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        wait_for(lambda: port_taken("127.0.0.1", port) and status(f"http://127.0.0.1:{port}", "/liveness") == 200, 30, "the router")
+        wait_for(lambda: status(f"http://127.0.0.1:{port}", "/liveness") == 200, 30, "the router through its front")
+        assert status(f"http://127.0.0.1:{inner}", "/liveness") == 200
         p.kill()  # SIGKILL: no chance to stop the child itself
         p.wait(10)
-        wait_for(lambda: not port_taken("127.0.0.1", port), 20, "the orphaned vllm-router to exit")
+        wait_for(lambda: not port_taken("127.0.0.1", inner), 20, "the orphaned vllm-router to exit")
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_a_bad_txt_record_does_not_stop_the_router_browsing(make_router, announcer, stub_worker, prefix):
+    """A LAN host's undecodable TXT (here in ``role``) once ended the router's browser thread; the
+    shared browse core (discovery/watch.py) parses it safely and keeps listening."""
+    import socket
+
+    from zeroconf import ServiceInfo
+
+    good = stub_worker()
+    router = make_router()
+    bad = ServiceInfo(SERVICE_TYPE, f"{prefix}-bad.{SERVICE_TYPE}", addresses=[socket.inet_aton("127.0.0.1")], port=9,
+                      properties={b"model": b"\xff\xfe", b"role": b"\xff", b"\xc3": b"x"}, server=f"{prefix}-bad.local.")  # fmt: skip
+    announcer.zc.register_service(bad)
+    try:
+        wait_for(lambda: any(r.name.startswith(f"{prefix}-bad") for r in router.browser.nodes()), 20, "the bad record parsed")
+        announcer.announce(f"{prefix}-good", good.port)
+        wait_for(lambda: members(router) == {good.url}, 20, "the good worker after the bad record")
+    finally:
+        announcer.zc.unregister_service(bad)

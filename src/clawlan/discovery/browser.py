@@ -27,9 +27,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from clawlan.discovery.service import SERVICE_TYPE, ServiceRecord, show_fingerprint
 from clawlan.discovery.trust import TrustStore, classify
+from clawlan.discovery.watch import ServiceWatch
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,7 @@ class Discoverer:
         self._seen_fp: dict[str, str] = {}  # base URL -> fingerprint its server really presented
         self._bad: set[str] = set()  # base URLs that failed since they were last announced
         self._current: Backend | None = None
-        self._zc = None
-        self._browser = None
+        self._watch: ServiceWatch | None = None
         self._started = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -100,50 +101,30 @@ class Discoverer:
         if self._started or self.protocol != "mDNS":
             self._started = True
             return
-        # Imported here so a static-only front end never opens multicast sockets.
-        from zeroconf import InterfaceChoice, IPVersion, ServiceBrowser, Zeroconf
-
-        if self.interfaces:
-            self._zc = Zeroconf(interfaces=self.interfaces, ip_version=IPVersion.V4Only)
-        else:
-            self._zc = Zeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.V4Only)
-        self._browser = ServiceBrowser(self._zc, self.service_type, handlers=[self._on_change])
+        self._watch = ServiceWatch(self._found, self._gone, service_type=self.service_type,
+                                   interfaces=self.interfaces).start()
         self._started = True
         self._t0 = time.monotonic()
 
     def close(self) -> None:
-        if self._browser is not None:
-            self._browser.cancel()
-            self._browser = None
-        if self._zc is not None:
-            self._zc.close()
-            self._zc = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
-    # -- zeroconf callbacks (run in the browser's own thread) -------------
-    def _on_change(self, zeroconf, service_type: str, name: str, state_change) -> None:  # noqa: ANN001
-        # Whatever a LAN host sends, the browser thread must survive it: one bad record must not end discovery.
-        try:
-            self._handle(zeroconf, service_type, name, state_change)
-        except Exception:  # noqa: BLE001
-            log.warning("ignoring an unusable mDNS record for %r", name, exc_info=True)
+    @property
+    def _zc(self) -> Any:
+        """The running zeroconf instance (None when static or closed)."""
+        return self._watch.zc if self._watch is not None else None
 
-    def _handle(self, zeroconf, service_type: str, name: str, state_change) -> None:  # noqa: ANN001
-        from zeroconf import ServiceStateChange
+    # -- mDNS events (run in the browser's own thread) ---------------------
+    def _gone(self, name: str) -> None:
+        with self._cond:
+            # Forget the record, but keep using the current server: a goodbye is a claim anyone can
+            # spoof, a failed request (invalidate) is evidence.
+            self._services.pop(name, None)
+            log.info("back end %s said goodbye", name)
 
-        if state_change is ServiceStateChange.Removed:
-            with self._cond:
-                # Forget the record, but keep using the current server: a goodbye is a claim anyone can
-                # spoof, a failed request (invalidate) is evidence.
-                self._services.pop(name, None)
-                log.info("back end %s said goodbye", name)
-            return
-        info = zeroconf.get_service_info(service_type, name, timeout=2000)
-        if info is None:
-            return
-        addrs = info.parsed_addresses()
-        if not addrs or not info.port:
-            return
-        rec = ServiceRecord.from_txt(name, addrs[0], info.port, info.properties or {})
+    def _found(self, name: str, rec: ServiceRecord) -> None:
         with self._cond:
             old = self._services.get(name)
             self._services[name] = rec
@@ -223,23 +204,13 @@ class Discoverer:
         if base_url.rstrip("/") == self.static_backend:
             with self._cond:
                 self._bad.discard(self.static_backend)
-        if self._zc is not None:
+        watch = self._watch
+        if watch is not None:
             # Ask the network again so a moved server answers quickly rather than at its next announcement.
             with self._cond:
                 names = list(self._services)
             for name in names:
-                threading.Thread(target=self._refresh, args=(name,), daemon=True).start()
-
-    def _refresh(self, name: str) -> None:
-        zc = self._zc
-        if zc is None:
-            return
-        try:
-            from zeroconf import ServiceStateChange
-
-            self._on_change(zc, self.service_type, name, ServiceStateChange.Updated)
-        except Exception:  # noqa: BLE001 - a refresh is best effort; the browser keeps listening
-            log.debug("refresh of %s failed", name, exc_info=True)
+                threading.Thread(target=watch.refresh, args=(name,), daemon=True).start()
 
     @property
     def current(self) -> Backend | None:

@@ -10,6 +10,7 @@ records (all strings):
 ``auth``   ``1`` when a Bearer API key is required, else ``0``
 ``tls``    ``1`` when the service speaks HTTPS, else ``0``
 ``fp``     SHA-256 fingerprint (hex) of the server's TLS certificate
+``role``   ``router`` for ``clawlan router`` (routers skip it as a worker); absent for a server
 =========  ==========================================================
 
 Everything in a TXT record is a claim anyone on the LAN can make; the ``fp``
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SERVICE_TYPE = "_clawlan._tcp.local."
+ROUTER_ROLE = "router"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class ServiceRecord:
     auth: bool = False
     tls: bool = False
     fingerprint: str = ""
+    role: str = ""  # "router" for clawlan router; "" for a model server
 
     @property
     def base_url(self) -> str:
@@ -52,6 +55,7 @@ class ServiceRecord:
             "auth": "1" if self.auth else "0",
             "tls": "1" if self.tls else "0",
             **({"fp": self.fingerprint} if self.fingerprint else {}),
+            **({"role": self.role} if self.role else {}),
         }
 
     @classmethod
@@ -76,6 +80,7 @@ class ServiceRecord:
             auth=t.get("auth") == "1",
             tls=t.get("tls") == "1",
             fingerprint=normalize_fingerprint(t.get("fp", "")),
+            role=t.get("role", ""),
         )
 
 

@@ -1,9 +1,12 @@
 """``clawlan router``: vLLM's router in front of every model server on the LAN, at one address.
 
-It starts vllm-router as a child, fills its worker list from mDNS (and
-``--worker`` URLs) as servers appear and leave, and advertises itself as
-``_clawlan._tcp`` with TXT ``role=router`` so front ends and OpenClaw can use
-it in place of one node.
+It starts vllm-router as a child on a free loopback port, fills its worker
+list from mDNS (and ``--worker`` URLs) as servers appear and leave, and
+listens on ``--port`` itself through a thin pass-through (router/front.py):
+HTTPS with its own pinned identity on the LAN, an SSE error event when a
+node dies mid-stream. It advertises itself as ``_clawlan._tcp`` with TXT
+``role=router`` and ``fp``, so a front end that pins the router's
+fingerprint uses it in place of one node.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import threading
 from typing import Any
 
 from clawlan import __version__
+from clawlan.discovery.identity import Identity, server_identity
+from clawlan.discovery.service import ROUTER_ROLE, ServiceRecord, show_fingerprint
 from clawlan.errors import ConfigError
-from clawlan.router.browse import NodeBrowser, RouterRecord
+from clawlan.router.browse import NodeBrowser
+from clawlan.router.front import DEFAULT_MAX_BODY, Front, FrontServer, listen
 from clawlan.router.pool import Pool
-from clawlan.router.process import POLICIES, RouterOptions, RouterProcess, WorkerAdmin
+from clawlan.router.process import POLICIES, RouterOptions, RouterProcess, WorkerAdmin, free_port
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,12 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mdns-interface", action="append", default=[], metavar="ADDR", help="interface address to browse and advertise on (repeatable; default all)")
     p.add_argument("--advertise", action=argparse.BooleanOptionalAction, default=None, help="advertise the router by mDNS (default: on when bound to the LAN)")
     p.add_argument("--name", help="mDNS instance name (default: clawlan (router) on HOSTNAME)")
+    p.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None, help="HTTPS with the router's own pinned certificate (default: on when bound to the LAN)")
+    p.add_argument("--tls-cert", metavar="PEM", help="TLS certificate (default: the router's own, made at first start)")
+    p.add_argument("--tls-key", metavar="PEM", help="TLS private key")
+    p.add_argument("--state-dir", metavar="DIR", help="where the router keeps its TLS identity (default ~/.local/state/clawlan/router)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY, help=f"largest request body, more gets 413 (default {DEFAULT_MAX_BODY})")
+    p.add_argument("--router-port", type=int, default=0, help="vllm-router's own port on 127.0.0.1 (default: a free one)")
     p.add_argument("--metrics-port", type=int, default=29000, help="the router's Prometheus port (default 29000)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="the router's Prometheus bind address (default 127.0.0.1)")
     p.add_argument("--sync-interval", type=float, default=1.0, metavar="S", help="seconds between worker-list passes (default 1)")
@@ -45,10 +57,14 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    for name in ("port", "metrics_port"):
+    for name in ("port", "metrics_port", "router_port"):
         v = getattr(args, name)
-        if not 1 <= v <= 65535:
+        if not (0 if name == "router_port" else 1) <= v <= 65535:
             raise ConfigError(f"--{name.replace('_', '-')} {v}: a port is 1..65535")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+    if args.max_body_bytes < 1024:
+        raise ConfigError(f"--max-body-bytes {args.max_body_bytes}: at least 1024")
     if args.sync_interval <= 0:
         raise ConfigError(f"--sync-interval {args.sync_interval}: must be more than 0")
     for url in args.worker:
@@ -64,20 +80,42 @@ class Router:
     def __init__(self, args: argparse.Namespace) -> None:
         check(args)
         self.args = args
+        # vllm-router listens on loopback only: the LAN reaches it through our front (TLS, error events, no
+        # worker-management paths). Its URL (``process.url``) stays usable on this box.
         options = RouterOptions(
-            host=args.host, port=args.port, policy=args.policy, metrics_host=args.metrics_host,
+            host="127.0.0.1", port=args.router_port or free_port(), policy=args.policy, metrics_host=args.metrics_host,
             metrics_port=args.metrics_port, log_level="debug" if args.log_level == "debug" else "warning",
             extra=list(args.router_arg),
         )  # fmt: skip
         self.process = RouterProcess(options, args.router_binary)
+        self.lan = args.host not in ("127.0.0.1", "localhost", "::1")
+        # Same rule as `clawlan serve`: HTTPS with our own identity on the LAN, plain on loopback unless asked.
+        try:
+            self.identity: Identity | None = server_identity(args.tls_cert, args.tls_key, self.lan, args.tls,
+                                                             args.state_dir, kind="router")
+        except (OSError, ValueError) as exc:  # a missing or non-PEM certificate, an unwritable state dir
+            where = f"--tls-cert {args.tls_cert}" if args.tls_cert else f"--state-dir {args.state_dir or '(default)'}"
+            raise ConfigError(f"{where}: {getattr(exc, 'strerror', None) or exc}") from None
+        self.sock = listen(args.host, args.port)
+        self.port = int(self.sock.getsockname()[1])
+        self.front: FrontServer | None = None
         self.browser: NodeBrowser | None = None
         self.pool: Pool | None = None
         self.advertiser: Any = None
         self._advertised = threading.Event()
 
+    @property
+    def url(self) -> str:
+        """Where clients reach the router (the front): https:// when it has an identity."""
+        host = "127.0.0.1" if self.args.host in ("0.0.0.0", "") else self.args.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.identity else 'http'}://{host}:{self.port}"
+
     def start(self) -> Router:
         a = self.args
         self.process.start()
+        self.front = FrontServer(Front(self.process.url, max_body_bytes=a.max_body_bytes), self.sock, self.identity)
+        self.front.start()
         if a.discover:
             self.browser = NodeBrowser(match=a.match, interfaces=a.mdns_interface or None, on_change=self._changed)
         self.pool = Pool(
@@ -87,7 +125,7 @@ class Router:
         self.pool.start()
         if self.browser is not None:
             self.browser.start()
-        if a.advertise if a.advertise is not None else a.host not in ("127.0.0.1", "localhost", "::1"):
+        if a.advertise if a.advertise is not None else self.lan:
             self._advertise()
         return self
 
@@ -98,24 +136,32 @@ class Router:
     def _advertise(self) -> None:
         from clawlan.discovery.advertiser import Advertiser
 
-        model = next((r.model for r in (self.browser.nodes() if self.browser else []) if r.model), "")
+        found = self.browser.nodes() if self.browser else []
+        model = next((r.model for r in found if r.model), "")
         a = self.args
         # "(" sorts before letters: a front end that picks the first name in order (today's rule)
         # takes the router over "clawlan on HOST" nodes; TXT role=router says it outright.
         name = a.name or f"clawlan (router) on {socket.gethostname().split('.')[0]}"
-        record = RouterRecord(name=name, host=a.host, port=a.port, model=model, version=__version__)
+        record = ServiceRecord(name=name, host=a.host, port=self.port, model=model, version=__version__, role=ROUTER_ROLE,
+                              auth=any(r.auth for r in found), tls=self.identity is not None,
+                              fingerprint=self.identity.fingerprint if self.identity else "")
         bind = a.mdns_interface[0] if a.mdns_interface else a.host
         self.advertiser = Advertiser(record, bind)
         try:
             self.advertiser.start()
         except OSError as exc:  # no multicast here: route anyway, clients use the address
-            log.warning("mDNS advertising failed (%s); clients must be given %s", exc, self.process.url)
+            log.warning("mDNS advertising failed (%s); clients must be given %s", exc, self.url)
             self.advertiser = None
 
     def stop(self) -> None:
         if self.advertiser is not None:
             self.advertiser.stop()  # goodbye first, so clients stop choosing us
             self.advertiser = None
+        if self.front is not None:
+            self.front.stop()  # running streams get a few seconds; vllm-router is still there for them
+            self.front = None
+        else:
+            self.sock.close()
         if self.browser is not None:
             self.browser.close()
         if self.pool is not None:
@@ -130,8 +176,15 @@ def cmd_router(args: argparse.Namespace) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    router.start()
-    print(f"clawlan: routing the OpenAI API at {router.process.url}/v1 ({args.policy})", flush=True)
+    try:
+        router.start()
+    except BaseException:
+        router.stop()
+        raise
+    print(f"clawlan: routing the OpenAI API at {router.url}/v1 ({args.policy})", flush=True)
+    if router.identity is not None:
+        print(f"clawlan: TLS fingerprint {show_fingerprint(router.identity.fingerprint)}; front ends pin it "
+              "(frontend.trusted_backends, or accept it at the front end's /admin/backends)", flush=True)
     try:
         while not done.wait(1.0):
             if not router.process.alive():

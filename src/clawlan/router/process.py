@@ -138,7 +138,8 @@ class RouterProcess:
     def start(self, timeout_s: float = 30.0) -> RouterProcess:
         o = self.options
         if port_taken(o.host, o.port):
-            raise ConfigError(f"--port {o.port}: the port is already in use on {o.host}; choose another with --port")
+            raise ConfigError(f"--router-port {o.port}: vllm-router's port is already in use on {o.host}; "
+                              "choose another, or leave it out for a free one")
         if port_taken(o.metrics_host, o.metrics_port):
             raise ConfigError(f"--metrics-port {o.metrics_port}: the port is already in use; choose another")
         argv = o.argv(self.binary)

@@ -18,11 +18,11 @@ import uvicorn
 from clawlan import __version__
 from clawlan.config import Settings
 from clawlan.discovery.advertiser import Advertiser
+from clawlan.discovery.identity import Identity, server_identity
 from clawlan.discovery.service import ServiceRecord
 from clawlan.errors import ConfigError
 from clawlan.server.app import create_app
 from clawlan.server.backend import Backend
-from clawlan.server.identity import Identity, server_identity
 from clawlan.server.limits import guarded_protocol
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class RunningServer:
         self.sock = bind(s.host, settings.backend.service_port if port is None else port)
         self.port = self.sock.getsockname()[1]
         self.host = s.host
-        # On the LAN the server speaks HTTPS with its own pinned identity by default (server/identity.py).
+        # On the LAN the server speaks HTTPS with its own pinned identity by default (discovery/identity.py).
         self.identity: Identity | None = server_identity(s.tls_cert, s.tls_key, settings.lan, s.tls, s.state_dir)
         self.tls = self.identity is not None
         if self.identity is not None:

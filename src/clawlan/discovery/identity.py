@@ -1,4 +1,8 @@
-"""The server's identity on the LAN: a self-signed TLS certificate made at first start.
+"""A service's identity on the LAN: a self-signed TLS certificate made at first start.
+
+Used by ``clawlan serve`` and ``clawlan router`` alike (each keeps its own, so
+pinning a router never pins the node on the same box). It lives in discovery
+because the fingerprint is what discovery's trust (trust.py) pins.
 
 A front end cannot tell a real clawlan server from any other host that
 advertises ``_clawlan._tcp`` on mDNS: names and addresses are free to claim.
@@ -40,12 +44,12 @@ class Identity:
     fingerprint: str  # lowercase hex SHA-256 of the DER certificate
 
 
-def default_state_dir() -> Path:
-    """``$CLAWLAN_STATE_DIR``, else ``$XDG_STATE_HOME/clawlan/server`` (``~/.local/state/...``)."""
-    if os.environ.get("CLAWLAN_STATE_DIR"):
+def default_state_dir(kind: str = "server") -> Path:
+    """``$XDG_STATE_HOME/clawlan/KIND`` (``~/.local/state/...``); for the server ``$CLAWLAN_STATE_DIR`` first."""
+    if kind == "server" and os.environ.get("CLAWLAN_STATE_DIR"):
         return Path(os.environ["CLAWLAN_STATE_DIR"])
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "clawlan" / "server"
+    return Path(base) / "clawlan" / kind
 
 
 def fingerprint_of_pem(pem: str | bytes) -> str:
@@ -53,8 +57,8 @@ def fingerprint_of_pem(pem: str | bytes) -> str:
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(text)).hexdigest()
 
 
-def _make(cert_path: Path, key_path: Path) -> None:
-    # Imported here: only a LAN server without a configured certificate needs it.
+def _make(cert_path: Path, key_path: Path, kind: str) -> None:
+    # Imported here: only a LAN service without a configured certificate needs it.
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -62,7 +66,7 @@ def _make(cert_path: Path, key_path: Path) -> None:
 
     key = ec.generate_private_key(ec.SECP256R1())
     host = socket.gethostname() or "clawlan"
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"clawlan server {host}"[:64])])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"clawlan {kind} {host}"[:64])])
     now = datetime.datetime.now(datetime.UTC)
     # Names are informative only: front ends check the pinned fingerprint, not the name (DHCP moves addresses).
     sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
@@ -98,29 +102,29 @@ def _make(cert_path: Path, key_path: Path) -> None:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def ensure_identity(state_dir: str | Path | None = None) -> Identity:
-    """The server's certificate and key, made on first call and reused after."""
-    d = Path(state_dir) if state_dir else default_state_dir()
+def ensure_identity(state_dir: str | Path | None = None, kind: str = "server") -> Identity:
+    """The service's certificate and key, made on first call and reused after (``kind``: server, router)."""
+    d = Path(state_dir) if state_dir else default_state_dir(kind)
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
     cert, key = d / CERT_NAME, d / KEY_NAME
     if not (cert.is_file() and key.is_file()):
-        _make(cert, key)
-        log.info("made this server's TLS identity in %s", d)
+        _make(cert, key, kind)
+        log.info("made this %s's TLS identity in %s", kind, d)
     elif key.stat().st_mode & 0o077:
         os.chmod(key, 0o600)  # tighten a key someone copied in with loose permissions
     return Identity(cert, key, fingerprint_of_pem(cert.read_text()))
 
 
 def server_identity(tls_cert: str | None, tls_key: str | None, lan: bool, tls: bool | None,
-                    state_dir: str | Path | None = None) -> Identity | None:
-    """What the server listens with: the configured certificate, else its own on the LAN, else plain HTTP.
+                    state_dir: str | Path | None = None, kind: str = "server") -> Identity | None:
+    """What a service listens with: the configured certificate, else its own on the LAN, else plain HTTP.
 
-    ``tls`` is ``server.tls``: None (default) means on when serving the LAN and
-    off on loopback, where no one else can listen in.
+    ``tls`` is ``server.tls`` (or the router's ``--tls``): None (default) means
+    on when serving the LAN and off on loopback, where no one else can listen in.
     """
     if tls_cert and tls_key:
         return Identity(Path(tls_cert), Path(tls_key), fingerprint_of_pem(Path(tls_cert).read_text()))
     if tls is False or (tls is None and not lan):
         return None
-    return ensure_identity(state_dir)
+    return ensure_identity(state_dir, kind)
