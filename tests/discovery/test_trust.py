@@ -19,11 +19,11 @@ from tests.discovery.tls_stub import LOOPBACK, Advertiser, Rogue, TLSStub
 from tests.frontend.conftest import StubBackend, free_port, wait_until
 
 from clawlan.discovery.browser import Backend, Discoverer
-from clawlan.discovery.identity import ensure_identity
 from clawlan.discovery.service import ServiceRecord
 from clawlan.discovery.trust import TrustStore, explain_pin_mismatch, pin_report
 from clawlan.frontend.command import launch
 from clawlan.frontend.proxy import Upstream
+from clawlan.web.identity import ensure_identity
 
 KEY = "box-secret-key"
 
@@ -248,7 +248,7 @@ def test_real_server_serves_its_identity_and_the_front_end_verifies_it(serve: An
 
 
 def test_lan_server_defaults_to_tls_loopback_does_not(tmp_path: Path) -> None:
-    from clawlan.discovery.identity import server_identity
+    from clawlan.web.identity import server_identity
 
     assert server_identity(None, None, lan=True, tls=None, state_dir=tmp_path / "a") is not None
     assert server_identity(None, None, lan=False, tls=None, state_dir=tmp_path / "b") is None

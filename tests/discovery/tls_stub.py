@@ -16,7 +16,7 @@ from tests.frontend.conftest import StubBackend, free_port, wait_until
 from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
 if TYPE_CHECKING:
-    from clawlan.discovery.identity import Identity
+    from clawlan.web.identity import Identity
 
 LOOPBACK = ["127.0.0.1"]
 
@@ -25,7 +25,7 @@ class TLSStub(StubBackend):
     """The stub back end, served over HTTPS with an identity made like the server's own."""
 
     def __init__(self, state_dir: Path) -> None:
-        from clawlan.discovery.identity import ensure_identity
+        from clawlan.web.identity import ensure_identity
 
         super().__init__()
         self.identity: Identity = ensure_identity(state_dir)

@@ -20,7 +20,7 @@ import pytest
 from .test_doctor import report_rtt
 
 if TYPE_CHECKING:
-    from clawlan.discovery.identity import Identity
+    from clawlan.web.identity import Identity
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -143,7 +143,7 @@ def netns() -> None:
 
 @pytest.fixture(scope="module")
 def lan(netns: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    from clawlan.discovery.identity import ensure_identity
+    from clawlan.web.identity import ensure_identity
 
     # The back end serves HTTPS with a certificate of its own, as a LAN server does by default.
     pair = Pair("a", "10.231.0.2/24", "10.231.0.1/24")

@@ -13,10 +13,10 @@ import pytest
 from tests.discovery.tls_stub import Advertiser, Rogue, TLSStub
 
 from clawlan.cli import main
-from clawlan.discovery.identity import ensure_identity
 from clawlan.discovery.service import show_fingerprint
 from clawlan.discovery.trust import PINS_FILE, TrustStore
 from clawlan.ops.doctor import Check, Doctor, Status, Target, render
+from clawlan.web.identity import ensure_identity
 
 SKIP = ["config", "model", "gpu", "firewall"]
 

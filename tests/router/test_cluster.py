@@ -203,10 +203,10 @@ def test_an_mdns_front_end_that_pins_the_router_chats_through_it_and_rogues_get_
     their own key, or claiming the router's fingerprint without its key, receive nothing."""
     from tests.discovery.tls_stub import Advertiser, Rogue
 
-    from clawlan.discovery.identity import ensure_identity
     from clawlan.discovery.service import SERVICE_TYPE
     from clawlan.frontend.command import launch
     from clawlan.router.process import free_port
+    from clawlan.web.identity import ensure_identity
 
     router = routed("--advertise", "--tls", "--state-dir", str(tmp_path / "router-id"), "--name", f"{prefix}-router")
     fp = router.identity.fingerprint

@@ -22,10 +22,11 @@ import openai
 import pytest
 from tests.router.conftest import members, needs_router, wait_for
 
-from clawlan.discovery.identity import ensure_identity
 from clawlan.discovery.trust import fetch_certificate, fingerprint_of_der
 from clawlan.errors import ConfigError
-from clawlan.router.front import Front, FrontServer, listen
+from clawlan.router.front import Front, FrontServer
+from clawlan.web.identity import ensure_identity
+from clawlan.web.listen import bind as listen
 
 LOOPBACK = "127.0.0.1"
 
@@ -142,8 +143,8 @@ def upstream() -> Iterator[Upstream]:
 def make_front() -> Iterator[Callable[..., FrontServer]]:
     made: list[FrontServer] = []
 
-    def make(target: str, identity: Any = None, **kw: Any) -> FrontServer:
-        s = FrontServer(Front(target, **kw), listen(LOOPBACK, 0), identity).start()
+    def make(target: str, identity: Any = None, header_timeout_s: float = 10.0, **kw: Any) -> FrontServer:
+        s = FrontServer(Front(target, **kw), listen(LOOPBACK, 0), identity, header_timeout_s=header_timeout_s).start()
         made.append(s)
         return s
 
@@ -225,6 +226,20 @@ def test_bodies_over_the_cap_get_413_and_never_reach_the_router(upstream: Upstre
     r = httpx.post(url_of(front) + "/v1/chat/completions", content=chunked())
     assert r.status_code == 413 and "--max-body-bytes" in r.json()["error"]["message"]
     assert upstream.seen == []
+
+
+def test_a_connection_that_never_finishes_its_request_head_is_closed(upstream: Upstream, make_front) -> None:
+    """Slow loris: the router's front closes a connection that holds a half-sent head (as a server does)."""
+    front = make_front(upstream.url, header_timeout_s=0.3)
+    with socket.create_connection((LOOPBACK, front.sock.getsockname()[1])) as c:
+        c.settimeout(30)
+        c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        assert c.recv(100) == b""  # closed, no request formed; without the deadline this waits for 30 s and fails
+    assert upstream.seen == []
+    # A well-behaved client is unaffected, on a kept-alive connection too.
+    with httpx.Client(timeout=10) as h:
+        for _ in range(2):
+            assert h.get(url_of(front) + "/liveness").status_code == 200
 
 
 def test_a_body_that_does_not_arrive_in_time_gets_408(upstream: Upstream, make_front) -> None:

@@ -10,9 +10,9 @@ import httpx
 from tests.router.conftest import SRC, members, needs_router, status, wait_for
 
 from clawlan.discovery.browser import Discoverer
-from clawlan.discovery.identity import ensure_identity
 from clawlan.discovery.service import SERVICE_TYPE
 from clawlan.router.browse import ROUTER_ROLE
+from clawlan.web.identity import ensure_identity
 
 pytestmark = needs_router
 

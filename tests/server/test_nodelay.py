@@ -17,7 +17,7 @@ import httpx
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from clawlan.server.serving import bind
+from clawlan.web.listen import bind
 
 
 async def tiny_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -19,13 +19,14 @@ import threading
 from typing import Any
 
 from clawlan import __version__
-from clawlan.discovery.identity import Identity, server_identity
 from clawlan.discovery.service import ROUTER_ROLE, ServiceRecord, show_fingerprint
 from clawlan.errors import ConfigError
 from clawlan.router.browse import NodeBrowser
-from clawlan.router.front import DEFAULT_MAX_BODY, Front, FrontServer, listen
+from clawlan.router.front import DEFAULT_MAX_BODY, Front, FrontServer
 from clawlan.router.pool import Pool
 from clawlan.router.process import POLICIES, RouterOptions, RouterProcess, WorkerAdmin, free_port
+from clawlan.web.identity import Identity, server_identity
+from clawlan.web.listen import bind
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class Router:
         except (OSError, ValueError) as exc:  # a missing or non-PEM certificate, an unwritable state dir
             where = f"--tls-cert {args.tls_cert}" if args.tls_cert else f"--state-dir {args.state_dir or '(default)'}"
             raise ConfigError(f"{where}: {getattr(exc, 'strerror', None) or exc}") from None
-        self.sock = listen(args.host, args.port)
+        self.sock = bind(args.host, args.port)
         self.port = int(self.sock.getsockname()[1])
         self.front: FrontServer | None = None
         self.browser: NodeBrowser | None = None

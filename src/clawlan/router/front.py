@@ -3,7 +3,7 @@
 vllm-router decides everything about routing; this only adds what it lacks
 and a LAN needs:
 
-* HTTPS with the router's own pinned identity (discovery/identity.py), so a
+* HTTPS with the router's own pinned identity (web/identity.py), so a
   front end that found the router by mDNS can verify it (TXT ``fp``) exactly
   as it verifies a model server. vllm-router itself listens on loopback only.
 * A stream cut mid-answer (a node SIGKILLed) ends with one OpenAI-style SSE
@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -35,12 +33,13 @@ from typing import Any
 import httpx
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from clawlan.discovery.identity import Identity
 from clawlan.errors import ConfigError
+from clawlan.web.identity import Identity
+from clawlan.web.limits import BodyLimitMiddleware, guarded_protocol
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,7 @@ OPEN_PATHS = ("/health", "/liveness", "/readiness", "/list_workers", "/get_serve
 MAX_PARTIAL_EVENT = 1 << 20  # an SSE event longer than this is passed on unfinished (no real event is)
 DEFAULT_MAX_BODY = 4 * 1024 * 1024  # the server's server.max_body_bytes default
 DEFAULT_BODY_TIMEOUT_S = 30.0  # the server's server.body_timeout_ms default
+DEFAULT_HEADER_TIMEOUT_S = 10.0  # the server's server.header_timeout_ms default
 
 
 def error_body(message: str, code: str, kind: str = "server_error") -> dict[str, Any]:
@@ -86,15 +86,17 @@ class Front:
     def __init__(self, upstream: str, *, max_body_bytes: int = DEFAULT_MAX_BODY,
                  body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
         self.upstream = upstream.rstrip("/")
-        self.max_body_bytes = max_body_bytes
-        self.body_timeout_s = body_timeout_s
         self.client: httpx.AsyncClient | None = None
-        self.app = Starlette(
+        self.routes = Starlette(
             routes=[Route("/health", self.health, methods=["GET"]),
                     Route("/{path:path}", self.forward, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])],
             lifespan=self._lifespan,
             exception_handlers={Exception: self._internal},
         )  # fmt: skip
+        # The same door as a server's (web/limits.py): the body arrives whole, within its cap and deadline,
+        # before a request is forwarded, so a slow or huge sender never holds a connection to vllm-router.
+        self.app = BodyLimitMiddleware(self.routes, max_body_bytes, body_timeout_s, max_name="--max-body-bytes",
+                                       timeout_name="the router's body deadline", who="this router")  # fmt: skip
 
     @staticmethod
     async def _internal(request: Request, exc: Exception) -> Response:
@@ -132,41 +134,13 @@ class Front:
                 **error_body(f"no model server is in the router's pool yet ({reason or 'not ready'})", "no_workers")}
         return JSONResponse(body, status_code=503, headers={"retry-after": "2"})
 
-    async def _body(self, request: Request) -> bytes | Response:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return self._too_large(f"{int(declared)} bytes")
-        parts: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(self.body_timeout_s):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > self.max_body_bytes:  # counted as it streams: a huge body is never held whole
-                        return self._too_large(f"over {self.max_body_bytes} bytes")
-                    parts.append(chunk)
-        except TimeoutError:
-            return JSONResponse(error_body(f"the request body did not arrive within {self.body_timeout_s:g} s",
-                                           "request_timeout", "invalid_request_error"), status_code=408)
-        return b"".join(parts)
-
-    def _too_large(self, size: str) -> Response:
-        return JSONResponse(error_body(
-            f"the request body is {size}; this router accepts at most {self.max_body_bytes} bytes (--max-body-bytes)",
-            "request_too_large", "invalid_request_error"), status_code=413)
-
     async def forward(self, request: Request) -> Response:
         assert self.client is not None
         path = request.url.path
         if not allowed(path):
             return JSONResponse(error_body(f"{path} is not served here", "not_found", "invalid_request_error"),
                                 status_code=404)
-        try:
-            body = await self._body(request)
-        except ClientDisconnect:
-            return Response(status_code=400)  # nobody is listening any more
-        if isinstance(body, Response):
-            return body
+        body = await request.body()  # already read and capped by BodyLimitMiddleware
         raw = request.scope.get("raw_path") or path.encode()
         query = request.scope.get("query_string") or b""
         url = self.upstream + raw.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
@@ -249,12 +223,14 @@ class Front:
 class FrontServer:
     """``Front`` on uvicorn on a background thread, over a socket bound by the caller (port 0 works)."""
 
-    def __init__(self, front: Front, sock: Any, identity: Identity | None, drain_s: float = 3.0) -> None:
+    def __init__(self, front: Front, sock: Any, identity: Identity | None, drain_s: float = 3.0,
+                 header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> None:  # fmt: skip
         self.front = front
         self.sock = sock
         self.identity = identity
         config = uvicorn.Config(
             front.app, log_level="warning", access_log=False, lifespan="on",
+            http=guarded_protocol(header_timeout_s),  # slow-loris: a deadline for request heads, as on a server
             ssl_certfile=str(identity.cert) if identity else None, ssl_keyfile=str(identity.key) if identity else None,
             # On stop, running streams get this long to finish before they are cut.
             timeout_graceful_shutdown=drain_s,
@@ -278,20 +254,3 @@ class FrontServer:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.sock.close()
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """The front's socket, bound before anything starts: a taken port is a one-line error, port 0 reports its port."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # IPPROTO_TCP above and NODELAY here: an SSE event is small and must not wait for the peer's delayed ACK.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"--port {port}: the port is already in use on {host}; choose another with --port") from None
-        raise ConfigError(f"--host {host}: cannot bind ({exc.strerror}); use 127.0.0.1 or an address of this host") from None
-    sock.listen(2048)
-    return sock

@@ -40,7 +40,6 @@ from clawlan.engine.request import Request as EngineRequest
 from clawlan.errors import Overloaded, RequestError, RequestTimeout
 from clawlan.server.admin import Admin
 from clawlan.server.backend import Backend
-from clawlan.server.limits import BodyLimitMiddleware
 from clawlan.server.logprobs import CompletionLogprobs, chat_content
 from clawlan.server.metrics import Metrics
 from clawlan.server.middleware import (
@@ -51,6 +50,7 @@ from clawlan.server.middleware import (
 )
 from clawlan.server.shaping import Shaper
 from clawlan.tools.plan import ToolPlan
+from clawlan.web.limits import BodyLimitMiddleware
 
 log = logging.getLogger(__name__)
 FINGERPRINT = f"clawlan-{__version__}"

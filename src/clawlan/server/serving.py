@@ -7,7 +7,6 @@ starts once the socket is listening and stops with the server.
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 import threading
@@ -18,36 +17,14 @@ import uvicorn
 from clawlan import __version__
 from clawlan.config import Settings
 from clawlan.discovery.advertiser import Advertiser
-from clawlan.discovery.identity import Identity, server_identity
 from clawlan.discovery.service import ServiceRecord
-from clawlan.errors import ConfigError
 from clawlan.server.app import create_app
 from clawlan.server.backend import Backend
-from clawlan.server.limits import guarded_protocol
+from clawlan.web.identity import Identity, server_identity
+from clawlan.web.limits import guarded_protocol
+from clawlan.web.listen import bind
 
 log = logging.getLogger(__name__)
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the socket says
-    # it is TCP. Without it every response on a reused keep-alive connection waited ~40 ms for the
-    # peer's delayed ACK (Nagle). Set on the listener as well; Linux copies it to accepted sockets.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(
-                f"backend.service_port = {port}: the port is already in use on {host}; "
-                "stop the other server or choose another with --port"
-            ) from None
-        raise ConfigError(f"server.host = {host!r}: cannot bind ({exc.strerror}); use 127.0.0.1 or an address of this host") from None
-    sock.listen(2048)
-    return sock
 
 
 class RunningServer:
@@ -58,10 +35,11 @@ class RunningServer:
         self.backend = backend or Backend(settings)
         self.app = create_app(settings, self.backend)
         s = settings.server
-        self.sock = bind(s.host, settings.backend.service_port if port is None else port)
+        self.sock = bind(s.host, settings.backend.service_port if port is None else port,
+                         port_name="backend.service_port =", host_name="server.host =")
         self.port = self.sock.getsockname()[1]
         self.host = s.host
-        # On the LAN the server speaks HTTPS with its own pinned identity by default (discovery/identity.py).
+        # On the LAN the server speaks HTTPS with its own pinned identity by default (web/identity.py).
         self.identity: Identity | None = server_identity(s.tls_cert, s.tls_key, settings.lan, s.tls, s.state_dir)
         self.tls = self.identity is not None
         if self.identity is not None:

@@ -54,16 +54,18 @@ async def send_error(send: Any, exc: RequestError, close: bool = False) -> None:
 class BodyLimitMiddleware:
     """Reads the body up front within a byte cap and a deadline, then replays it to the app."""
 
-    def __init__(self, app: Any, max_bytes: int, timeout_s: float) -> None:
+    def __init__(self, app: Any, max_bytes: int, timeout_s: float, *, max_name: str = "server.max_body_bytes",
+                 timeout_name: str = "server.body_timeout_ms", who: str = "this server") -> None:  # fmt: skip
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        # The setting or flag a refused client's administrator would change, named in the error.
+        self.max_name = max_name
+        self.timeout_name = timeout_name
+        self.who = who
 
     def _too_large(self, size: str) -> PayloadTooLarge:
-        return PayloadTooLarge(
-            f"the request body is {size}; this server accepts at most {self.max_bytes} bytes "
-            "(server.max_body_bytes)"
-        )
+        return PayloadTooLarge(f"the request body is {size}; {self.who} accepts at most {self.max_bytes} bytes ({self.max_name})")
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
@@ -93,7 +95,7 @@ class BodyLimitMiddleware:
         except TimeoutError:
             err = BodyTimeout(
                 f"the request body did not arrive within {self.timeout_s * 1000:.0f} ms "
-                f"({size} bytes came; server.body_timeout_ms)"
+                f"({size} bytes came; {self.timeout_name})"
             )
             await send_error(send, err, close=True)
             return
