@@ -78,6 +78,16 @@ class ContextLengthExceeded(RequestError):
     code = "context_length_exceeded"
 
 
+class PayloadTooLarge(RequestError):
+    status_code = 413
+    code = "request_too_large"
+
+
+class BodyTimeout(RequestError):
+    status_code = 408
+    code = "request_timeout"
+
+
 class AuthenticationError(RequestError):
     status_code = 401
     error_type = "authentication_error"

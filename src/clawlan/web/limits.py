@@ -25,20 +25,10 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from clawlan.errors import RequestError
+from clawlan.errors import BodyTimeout, PayloadTooLarge, RequestError
 
 Scope = dict[str, Any]
 BODY_METHODS = ("POST", "PUT", "PATCH")
-
-
-class PayloadTooLarge(RequestError):
-    status_code = 413
-    code = "request_too_large"
-
-
-class BodyTimeout(RequestError):
-    status_code = 408
-    code = "request_timeout"
 
 
 async def send_error(send: Any, exc: RequestError, close: bool = False) -> None:
