@@ -298,3 +298,5 @@ def test_refused_and_cancelled_requests_are_logged(backend, caplog):
     with httpx.Client(timeout=30) as h, h.stream("POST", backend.base_url + "/v1/completions", json=long) as r:
         next(r.iter_lines())
     assert wait_until(lambda: any("cancelled" in r.getMessage() and "499" in r.getMessage() for r in caplog.records))
+    line = next(r.getMessage() for r in caplog.records if "cancelled" in r.getMessage())
+    assert "from 127.0.0.1:" in line, line  # the stream's caller, not "?"

@@ -171,7 +171,7 @@ class Service:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 handed_over = True
                 return StreamingResponse(
-                    self._stream(req, body, chat, include_usage, admit, endpoint, plan),
+                    self._stream(req, body, chat, include_usage, admit, endpoint, plan, request.scope),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **extra},
                 )
@@ -277,6 +277,7 @@ class Service:
         admit: Any,
         endpoint: str,
         plan: ToolPlan | None = None,
+        scope: dict[str, Any] | None = None,
     ) -> AsyncIterator[str]:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
@@ -358,7 +359,7 @@ class Service:
             yield "data: " + json.dumps(exc.to_body()) + "\n\n"
         except asyncio.CancelledError:
             status = "499"  # the client disconnected; _events' cleanup cancelled the request
-            log_cancelled(None, endpoint)
+            log_cancelled(scope, endpoint)  # whose stream: the access log names the caller
             raise
         finally:
             self.metrics.requests.labels(endpoint, status).inc()
