@@ -42,6 +42,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from clawlan import __version__
+from clawlan.config.paths import frontend_data_dir
 from clawlan.discovery.browser import Backend, Discoverer
 from clawlan.discovery.trust import PINS_FILE, TrustStore
 from clawlan.errors import ClawlanError, InvalidRequest, NotFound, RequestError
@@ -56,11 +57,6 @@ from clawlan.frontend.store import Store
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 KEEPALIVE_S = 5.0  # an answer's SSE stream writes at least this often, so a page that left is noticed
-
-
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "clawlan" / "front"
 
 
 @dataclass
@@ -109,7 +105,7 @@ class Frontend:
 
     def __init__(self, cfg: FrontConfig) -> None:
         self.cfg = cfg
-        data = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
+        data = frontend_data_dir(cfg.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         os.chmod(data, 0o700)  # conversations, uploads and pins: the owner's only
         self.data_dir = data

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from clawlan.config.paths import frontend_data_dir
 from clawlan.discovery.service import SERVICE_TYPE, ServiceRecord
 from clawlan.errors import ClawlanError
 from clawlan.ops.doctor.firewall import chain_verdict, iptables_verdicts, nft_verdicts, read_firewall
@@ -39,16 +40,9 @@ SEED_FILES = ("network_config.json", "clawbot_config.json")
 
 __all__ = [
     "LAN_RTT_MS", "PORT_RANGE", "Check", "Doctor", "Iface", "Status", "Target", "chain_verdict",
-    "default_frontend_data_dir", "interfaces", "iptables_verdicts", "nft_verdicts", "parse_backend",
+    "interfaces", "iptables_verdicts", "nft_verdicts", "parse_backend",
     "read_firewall", "register", "render", "run", "source_address",
 ]
-
-
-def default_frontend_data_dir() -> Path:
-    # The front end's own default (frontend/app.py default_data_dir), restated here: ops may not import
-    # frontend, and the doctor must read the pins the front end on this box keeps.
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "clawlan" / "front"
 
 
 @dataclass
@@ -152,8 +146,7 @@ def run(args: argparse.Namespace) -> int:
         service_type=args.mdns_service_type,
         # The trust a front end on this box would apply: its configured fingerprints and its pin file.
         trusted_backends=list(settings.frontend.trusted_backends) if settings else [],
-        frontend_data_dir=args.data_dir or (settings.frontend.data_dir if settings else None)
-        or str(default_frontend_data_dir()),
+        frontend_data_dir=str(frontend_data_dir(args.data_dir or (settings.frontend.data_dir if settings else None))),
         admin_url=f"http://127.0.0.1:{settings.frontend.port if settings else 8081}/admin/backends",
     )
     checks = doc.run(skip=args.skip or ())
