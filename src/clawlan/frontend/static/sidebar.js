@@ -34,41 +34,52 @@ async function refreshList() {
     open.title = (c.title || t("untitled")) + " · " + new Date(c.updated * 1000).toLocaleString();
     if (state.conv && c.id === state.conv.id) open.setAttribute("aria-current", "true");
     open.addEventListener("click", () => openConversation(c.id));
-    const ren = document.createElement("button");
-    ren.type = "button";
-    ren.className = "tool rename";
-    ren.textContent = "✎";
-    ren.title = t("rename");
-    ren.setAttribute("aria-label", t("rename") + ": " + (c.title || t("untitled")));
-    ren.addEventListener("click", () => renameConversation(c));
-    const del = document.createElement("button");
-    del.type = "button";
-    del.className = "tool delete";
-    del.textContent = "✕";
-    del.title = t("delete");
-    del.setAttribute("aria-label", t("delete") + ": " + (c.title || t("untitled")));
-    del.addEventListener("click", () => deleteConversation(c));
-    li.append(open, ren, del);
+    li.append(open, toolButton("rename", "✎", c, renameConversation), toolButton("delete", "✕", c, deleteConversation));
     ul.append(li);
   }
 }
 
-async function renameConversation(c) {
-  const title = await ask({ title: t("renamePrompt"), value: c.title || "", ok: t("save") });
-  if (title === null) return;
-  await api("/api/conversations/" + c.id, { method: "PATCH", body: JSON.stringify({ title }) });
-  if (state.conv && state.conv.id === c.id) {
-    state.conv.title = title;
-    $("#conv-title").textContent = title || t("untitled");
-  }
+// The ✎ and ✕ beside a conversation: one look and labelling; `kind` is both the class and the label's key.
+function toolButton(kind, glyph, c, action) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "tool " + kind;
+  b.textContent = glyph;
+  b.title = t(kind);
+  b.setAttribute("aria-label", t(kind) + ": " + (c.title || t("untitled")));
+  b.addEventListener("click", () => action(c));
+  return b;
+}
+
+// Rename and delete alike: ask in a page dialog (null: cancelled), send the change, mend the
+// conversation on screen when it is this one, redraw the list.
+async function changeConversation(c, dialog, request, whenOpen) {
+  const answer = await ask(dialog);
+  if (answer === null) return;
+  await api("/api/conversations/" + c.id, request(answer));
+  if (state.conv && state.conv.id === c.id) whenOpen(answer);
   refreshList();
 }
 
-async function deleteConversation(c) {
-  if (!(await ask({ title: t("deleteConfirm") + (c.title ? " " + c.title : ""), ok: t("delete"), danger: true }))) return;
-  await api("/api/conversations/" + c.id, { method: "DELETE" });
-  if (state.conv && state.conv.id === c.id) newChat();
-  refreshList();
+function renameConversation(c) {
+  return changeConversation(
+    c,
+    { title: t("renamePrompt"), value: c.title || "", ok: t("save") },
+    (title) => ({ method: "PATCH", body: JSON.stringify({ title }) }),
+    (title) => {
+      state.conv.title = title;
+      $("#conv-title").textContent = title || t("untitled");
+    },
+  );
+}
+
+function deleteConversation(c) {
+  return changeConversation(
+    c,
+    { title: t("deleteConfirm") + (c.title ? " " + c.title : ""), ok: t("delete"), danger: true },
+    () => ({ method: "DELETE" }),
+    () => newChat(),
+  );
 }
 
 function showDocs(docs) {
