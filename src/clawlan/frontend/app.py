@@ -130,10 +130,14 @@ class Frontend:
     async def startup(self) -> None:
         self.discoverer.start()
         # Look up the back end and read the docs folder now, so the first question does not wait for either.
-        for coro in (self.discoverer.aresolve(), asyncio.to_thread(self.scan_library)):
-            t = asyncio.ensure_future(coro)
-            self._background.add(t)
-            t.add_done_callback(self._background.discard)
+        self.in_background(self.discoverer.aresolve())
+        self.in_background(asyncio.to_thread(self.scan_library))
+
+    def in_background(self, coro: Any) -> None:
+        """Run ``coro`` beside the requests; shutdown waits for it."""
+        t = asyncio.ensure_future(coro)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
 
     async def shutdown(self) -> None:
         for t in list(self.running.values()):
