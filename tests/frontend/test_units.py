@@ -195,6 +195,21 @@ def test_seed_config_files_drive_the_front_end(tmp_path: Path) -> None:
     assert cfg.max_concurrent_sessions == 3  # the flag wins over the file
 
 
+def test_front_config_is_the_frontend_settings_and_refuses_unknown_options() -> None:
+    from pydantic import ValidationError
+
+    from clawlan.config.settings import FrontendSection
+    from clawlan.frontend.app import FrontConfig
+
+    cfg = FrontConfig.from_settings(FrontendSection(port=8099, segmenter="bigram"), mdns_service_type="_x._tcp.local.")
+    assert (cfg.port, cfg.segmenter, cfg.mdns_service_type) == (8099, "bigram", "_x._tcp.local.")
+    # Options built in code: a misspelt one fails (a config file's only warns), and so does an out-of-range one.
+    with pytest.raises(ValidationError):
+        FrontConfig(static_backnd="http://127.0.0.1:9")
+    with pytest.raises(ValidationError):
+        FrontConfig(max_concurrent_sessions=0)
+
+
 def test_front_end_imports_nothing_heavy() -> None:
     """The NUC process must never load the inference engine, numpy or torch (nor parsers before an upload)."""
     import subprocess

@@ -29,11 +29,11 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from pydantic import ConfigDict
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -43,6 +43,7 @@ from starlette.staticfiles import StaticFiles
 
 from clawlan import __version__
 from clawlan.config.paths import frontend_data_dir
+from clawlan.config.settings import FrontendSection
 from clawlan.discovery.browser import Backend, Discoverer
 from clawlan.discovery.trust import PINS_FILE, TrustStore
 from clawlan.errors import ClawlanError, InvalidRequest, NotFound, RequestError
@@ -59,35 +60,18 @@ STATIC = Path(__file__).with_name("static")
 KEEPALIVE_S = 5.0  # an answer's SSE stream writes at least this often, so a page that left is noticed
 
 
-@dataclass
-class FrontConfig:
-    """What the front end runs with: the seed's ``frontend`` section plus a few local options."""
+class FrontConfig(FrontendSection):
+    """What the front end runs with: the ``frontend`` settings (their defaults and limits are
+    config/settings.py's, kept in one place), plus what only tests set."""
 
-    discovery_protocol: str = "mDNS"
-    fallback_timeout: int = 5000
-    static_backend: str = "http://127.0.0.1:8080"
-    render_mode: str = "hardware_accelerated"
-    max_concurrent_sessions: int = 5
-    host: str = "127.0.0.1"
-    port: int = 8081
-    data_dir: str | None = None
-    docs_dir: str | None = None
-    api_key: str | None = None
-    mdns_interfaces: list[str] = field(default_factory=list)
-    mdns_service_type: str | None = None
-    admin_token: str | None = None
-    max_tokens: int = 512
-    request_defaults: dict[str, Any] = field(default_factory=dict)
-    segmenter: str = "jieba"
-    trusted_backends: list[str] = field(default_factory=list)
-    trusted_hosts: list[str] = field(default_factory=list)
-    local_api_keys: list[str] = field(default_factory=list)
+    # Built in code, not read from a file: a misspelt option must fail, not be dropped.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    mdns_service_type: str | None = None  # tests browse a service type of their own
 
     @classmethod
-    def from_settings(cls, section: Any, **extra: Any) -> FrontConfig:
-        base = {k: getattr(section, k) for k in cls.__dataclass_fields__ if hasattr(section, k)}
-        base.update({k: v for k, v in extra.items() if v is not None})
-        return cls(**base)
+    def from_settings(cls, section: FrontendSection, **extra: Any) -> FrontConfig:
+        return cls(**{**section.model_dump(), **{k: v for k, v in extra.items() if v is not None}})
 
 
 class Forbidden(RequestError):
