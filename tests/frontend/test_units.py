@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,29 @@ def test_index_scopes_by_document(tmp_path: Path) -> None:
     store.delete_document(a)  # chunks and their index rows go with it
     assert [h.doc_id for h in index.search("年假", [a, b])] == [b]
     assert index.search("", [b]) == []
+
+
+def test_a_failed_index_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    index = Index(store.db, store.lock, Segmenter("bigram", cache_dir=tmp_path))
+    real_insert = Index._insert
+
+    def insert_then_fail(self: Index, doc_id: int, rows: list[tuple[int, str, str]]) -> None:
+        real_insert(self, doc_id, rows)  # the chunks are written, then the write fails
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Index, "_insert", insert_then_fail)
+    with pytest.raises(sqlite3.OperationalError):
+        index.add_document(store, ["年假五天"], name="a.md", chars=4)
+    kept = store.add_document("b.md", 4)
+    with pytest.raises(sqlite3.OperationalError):
+        index.add(kept, ["带薪年假"])
+    # Neither the failed document's row nor any chunk stays; the lock is free for the next write.
+    assert [d["name"] for d in store.documents(None)] == ["b.md"]
+    assert store.db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+    monkeypatch.setattr(Index, "_insert", real_insert)
+    index.add(kept, ["带薪年假"])
+    assert [h.doc_id for h in index.search("年假", [kept])] == [kept]
 
 
 def test_session_limiter_fifo_and_cancel() -> None:
