@@ -34,12 +34,15 @@ def test_doctor_reads_the_pins_where_the_front_end_keeps_them(
     build_app(FrontConfig(discovery_protocol="static", static_backend="http://127.0.0.1:9"))
     assert (frontend_data_dir() / "clawlan-front.sqlite3").is_file()
 
-    seen: dict[str, Any] = {}
+    seen: list[tuple[str | None, str]] = []
 
     def record(self: doctor.Doctor, skip: Any = ()) -> list[Any]:
-        seen["data_dir"] = self.frontend_data_dir
+        seen.append((self.frontend_data_dir, self.admin_url))
         return []
 
     monkeypatch.setattr(doctor.Doctor, "run", record)  # the checks themselves are tests/ops' business
     main(["doctor", "--backend", "127.0.0.1:9", "--json"])
-    assert seen["data_dir"] == str(frontend_data_dir())
+    # A config file that does not load: the doctor reports it, and assumes the front end's defaults.
+    (tmp_path / "bad.json").write_text('{"frontend": {"port": "eighty"}}')
+    main(["doctor", "--backend", "127.0.0.1:9", "--json", "--config", str(tmp_path / "bad.json")])
+    assert seen == [(str(frontend_data_dir()), "http://127.0.0.1:8081/admin/backends")] * 2

@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from clawlan.config import load_settings
+    from clawlan.config.settings import FrontendSection
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe would bury the report
 
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings(files).settings
     except ClawlanError:
         settings = None  # reported by the config check; fall back to defaults for the rest
+    front = settings.frontend if settings else FrontendSection()
     if args.backend:
         target = parse_backend(args.backend)
     elif settings is not None:
@@ -145,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         service_type=args.mdns_service_type,
         # The trust a front end on this box would apply: its configured fingerprints and its pin file.
-        trusted_backends=list(settings.frontend.trusted_backends) if settings else [],
-        frontend_data_dir=str(frontend_data_dir(args.data_dir or (settings.frontend.data_dir if settings else None))),
-        admin_url=f"http://127.0.0.1:{settings.frontend.port if settings else 8081}/admin/backends",
+        trusted_backends=list(front.trusted_backends),
+        frontend_data_dir=str(frontend_data_dir(args.data_dir or front.data_dir)),
+        admin_url=f"http://127.0.0.1:{front.port}/admin/backends",
     )
     checks = doc.run(skip=args.skip or ())
     if args.json:
