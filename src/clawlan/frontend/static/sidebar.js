@@ -20,9 +20,7 @@ async function refreshList() {
     const li = document.createElement("li");
     li.dataset.id = c.id;
     if (state.conv && c.id === state.conv.id) li.className = "active";
-    const open = document.createElement("button");
-    open.type = "button";
-    open.className = "open";
+    const open = button("open", "", () => openConversation(c.id));
     // Titles repeat ("Hello"); the time tells them apart.
     const name = document.createElement("span");
     name.className = "name";
@@ -33,7 +31,6 @@ async function refreshList() {
     open.append(name, when);
     open.title = (c.title || t("untitled")) + " · " + new Date(c.updated * 1000).toLocaleString();
     if (state.conv && c.id === state.conv.id) open.setAttribute("aria-current", "true");
-    open.addEventListener("click", () => openConversation(c.id));
     li.append(open, toolButton("rename", "✎", c, renameConversation), toolButton("delete", "✕", c, deleteConversation));
     ul.append(li);
   }
@@ -41,13 +38,9 @@ async function refreshList() {
 
 // The ✎ and ✕ beside a conversation: one look and labelling; `kind` is both the class and the label's key.
 function toolButton(kind, glyph, c, action) {
-  const b = document.createElement("button");
-  b.type = "button";
-  b.className = "tool " + kind;
-  b.textContent = glyph;
+  const b = button("tool " + kind, glyph, () => action(c));
   b.title = t(kind);
   b.setAttribute("aria-label", t(kind) + ": " + (c.title || t("untitled")));
-  b.addEventListener("click", () => action(c));
   return b;
 }
 
@@ -89,14 +82,11 @@ function showDocs(docs) {
     const chip = document.createElement("span");
     chip.className = "chip";
     chip.textContent = d.name;
-    const rm = document.createElement("button");
-    rm.type = "button";
-    rm.textContent = "✕";
-    rm.setAttribute("aria-label", t("removeDoc", { name: d.name }));
-    rm.addEventListener("click", async () => {
+    const rm = button("", "✕", async () => {
       await api(`/api/conversations/${state.conv.id}/documents/${d.id}`, { method: "DELETE" });
       openConversation(state.conv.id);
     });
+    rm.setAttribute("aria-label", t("removeDoc", { name: d.name }));
     chip.append(rm);
     box.append(chip);
   }
