@@ -108,17 +108,20 @@ def in_process(model: Path, w: Workload, args: argparse.Namespace, prompts: list
     (one stream's TPOT p50 ranged 5.7-9.2 ms over five repeats' prompts)."""
     import asyncio
 
-    from clawlan.engine.engine import EngineConfig, build_engine
+    from clawlan.config.settings import ServerSection, Settings
+    from clawlan.engine.engine import build_engine
     from clawlan.engine.llama import Model
     from clawlan.engine.request import Request, SamplingParams
     from clawlan.model.metadata import read_metadata
+    from clawlan.server.backend import engine_config, plan_context
 
+    # The settings the served clawlan gets from its flags (main's cmd), through the server's own
+    # mapping, so every other engine setting is the server's default too.
+    settings = Settings(server=ServerSection(batch_size=args.parallel, kv_tokens=args.kv_tokens,
+                                             max_context_tokens=args.kv_tokens // args.parallel, threads=args.threads))  # fmt: skip
+    info = read_metadata(model)
     m = Model(model)
-    eng = build_engine(
-        m,
-        EngineConfig(batch_size=args.parallel, kv_tokens=args.kv_tokens, max_seq_tokens=args.kv_tokens // args.parallel,
-                     threads=args.threads, output_type=read_metadata(model).output_type),
-    )  # fmt: skip
+    eng = build_engine(m, engine_config(settings, info, plan_context(info, settings)))
     eng.start()
 
     async def one(prompt: str) -> tuple[float, float]:

@@ -407,6 +407,11 @@ def test_rename_delete_in_page_dated_titles_icon_and_inert_links(stub_backend: S
     page.click("#ask-ok")
     page.wait_for_function("() => [...document.querySelectorAll('#conv-list .name')]"
                            ".some(e => e.textContent === 'Printer question')")
+    # The first entry is the open conversation: its heading follows, and the buttons name it.
+    assert page.inner_text("#conv-title") == "Printer question"
+    tools = page.locator("#conv-list li").first.locator("button.tool")
+    assert [tools.nth(i).get_attribute("aria-label") for i in range(2)] == [
+        "Rename: Printer question", "Delete: Printer question"]
     # Delete asks in a page dialog; Cancel keeps it, Delete removes it.
     page.locator("#conv-list li").first.locator("button.delete").click()
     page.wait_for_selector("#ask[open]")
@@ -416,6 +421,8 @@ def test_rename_delete_in_page_dated_titles_icon_and_inert_links(stub_backend: S
     page.wait_for_selector("#ask[open]")
     page.click("#ask-ok")
     page.wait_for_function("() => document.querySelectorAll('#conv-list li').length === 1")
+    # Deleting the open conversation leaves a new, empty chat on screen.
+    assert page.inner_text("#conv-title") == "New chat" and page.locator("#messages .msg").count() == 0
     assert native == []  # no prompt() or confirm()
 
 

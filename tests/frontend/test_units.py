@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,29 @@ def test_index_scopes_by_document(tmp_path: Path) -> None:
     assert index.search("", [b]) == []
 
 
+def test_a_failed_index_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    index = Index(store.db, store.lock, Segmenter("bigram", cache_dir=tmp_path))
+    real_insert = Index._insert
+
+    def insert_then_fail(self: Index, doc_id: int, rows: list[tuple[int, str, str]]) -> None:
+        real_insert(self, doc_id, rows)  # the chunks are written, then the write fails
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Index, "_insert", insert_then_fail)
+    with pytest.raises(sqlite3.OperationalError):
+        index.add_document(store, ["年假五天"], name="a.md", chars=4)
+    kept = store.add_document("b.md", 4)
+    with pytest.raises(sqlite3.OperationalError):
+        index.add(kept, ["带薪年假"])
+    # Neither the failed document's row nor any chunk stays; the lock is free for the next write.
+    assert [d["name"] for d in store.documents(None)] == ["b.md"]
+    assert store.db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+    monkeypatch.setattr(Index, "_insert", real_insert)
+    index.add(kept, ["带薪年假"])
+    assert [h.doc_id for h in index.search("年假", [kept])] == [kept]
+
+
 def test_session_limiter_fifo_and_cancel() -> None:
     async def run() -> None:
         lim = SessionLimiter(2)
@@ -193,6 +217,21 @@ def test_seed_config_files_drive_the_front_end(tmp_path: Path) -> None:
     cfg = front_config(args)
     assert (cfg.discovery_protocol, cfg.fallback_timeout, cfg.render_mode) == ("mDNS", 5000, "hardware_accelerated")
     assert cfg.max_concurrent_sessions == 3  # the flag wins over the file
+
+
+def test_front_config_is_the_frontend_settings_and_refuses_unknown_options() -> None:
+    from pydantic import ValidationError
+
+    from clawlan.config.settings import FrontendSection
+    from clawlan.frontend.app import FrontConfig
+
+    cfg = FrontConfig.from_settings(FrontendSection(port=8099, segmenter="bigram"), mdns_service_type="_x._tcp.local.")
+    assert (cfg.port, cfg.segmenter, cfg.mdns_service_type) == (8099, "bigram", "_x._tcp.local.")
+    # Options built in code: a misspelt one fails (a config file's only warns), and so does an out-of-range one.
+    with pytest.raises(ValidationError):
+        FrontConfig(static_backnd="http://127.0.0.1:9")
+    with pytest.raises(ValidationError):
+        FrontConfig(max_concurrent_sessions=0)
 
 
 def test_front_end_imports_nothing_heavy() -> None:

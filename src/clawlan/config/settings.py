@@ -52,7 +52,7 @@ class FrontendSection(Section):
     )
     host: str = Field("127.0.0.1", description="address the front end binds to")
     port: int = Field(8081, ge=1, le=65535, description="web chat port (the seed opens 8080-8090)")
-    data_dir: str | None = Field(None, description="where conversations live (SQLite); default: user data dir")
+    data_dir: str | None = Field(None, description="where conversations live (SQLite); default: ~/.local/share/clawlan/front (config/paths.py)")
     docs_dir: str | None = Field(None, description="folder of FAQ/policy documents for customer-service mode")
     api_key: str | None = Field(None, description="key sent to the back end when it requires one")
     segmenter: Literal["jieba", "jieba-full", "bigram"] = Field(

@@ -29,11 +29,11 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from pydantic import ConfigDict
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -42,6 +42,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from clawlan import __version__
+from clawlan.config.paths import frontend_data_dir
+from clawlan.config.settings import FrontendSection
 from clawlan.discovery.browser import Backend, Discoverer
 from clawlan.discovery.trust import PINS_FILE, TrustStore
 from clawlan.errors import ClawlanError, InvalidRequest, NotFound, RequestError
@@ -58,40 +60,18 @@ STATIC = Path(__file__).with_name("static")
 KEEPALIVE_S = 5.0  # an answer's SSE stream writes at least this often, so a page that left is noticed
 
 
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "clawlan" / "front"
+class FrontConfig(FrontendSection):
+    """What the front end runs with: the ``frontend`` settings (their defaults and limits are
+    config/settings.py's, kept in one place), plus what only tests set."""
 
+    # Built in code, not read from a file: a misspelt option must fail, not be dropped.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-@dataclass
-class FrontConfig:
-    """What the front end runs with: the seed's ``frontend`` section plus a few local options."""
-
-    discovery_protocol: str = "mDNS"
-    fallback_timeout: int = 5000
-    static_backend: str = "http://127.0.0.1:8080"
-    render_mode: str = "hardware_accelerated"
-    max_concurrent_sessions: int = 5
-    host: str = "127.0.0.1"
-    port: int = 8081
-    data_dir: str | None = None
-    docs_dir: str | None = None
-    api_key: str | None = None
-    mdns_interfaces: list[str] = field(default_factory=list)
-    mdns_service_type: str | None = None
-    admin_token: str | None = None
-    max_tokens: int = 512
-    request_defaults: dict[str, Any] = field(default_factory=dict)
-    segmenter: str = "jieba"
-    trusted_backends: list[str] = field(default_factory=list)
-    trusted_hosts: list[str] = field(default_factory=list)
-    local_api_keys: list[str] = field(default_factory=list)
+    mdns_service_type: str | None = None  # tests browse a service type of their own
 
     @classmethod
-    def from_settings(cls, section: Any, **extra: Any) -> FrontConfig:
-        base = {k: getattr(section, k) for k in cls.__dataclass_fields__ if hasattr(section, k)}
-        base.update({k: v for k, v in extra.items() if v is not None})
-        return cls(**base)
+    def from_settings(cls, section: FrontendSection, **extra: Any) -> FrontConfig:
+        return cls(**{**section.model_dump(), **{k: v for k, v in extra.items() if v is not None}})
 
 
 class Forbidden(RequestError):
@@ -109,7 +89,7 @@ class Frontend:
 
     def __init__(self, cfg: FrontConfig) -> None:
         self.cfg = cfg
-        data = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
+        data = frontend_data_dir(cfg.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         os.chmod(data, 0o700)  # conversations, uploads and pins: the owner's only
         self.data_dir = data
@@ -134,10 +114,14 @@ class Frontend:
     async def startup(self) -> None:
         self.discoverer.start()
         # Look up the back end and read the docs folder now, so the first question does not wait for either.
-        for coro in (self.discoverer.aresolve(), asyncio.to_thread(self.scan_library)):
-            t = asyncio.ensure_future(coro)
-            self._background.add(t)
-            t.add_done_callback(self._background.discard)
+        self.in_background(self.discoverer.aresolve())
+        self.in_background(asyncio.to_thread(self.scan_library))
+
+    def in_background(self, coro: Any) -> None:
+        """Run ``coro`` beside the requests; shutdown waits for it."""
+        t = asyncio.ensure_future(coro)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
 
     async def shutdown(self) -> None:
         for t in list(self.running.values()):

@@ -14,10 +14,12 @@ words the trimmed dictionary lacks. The measurement covers both.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,28 +158,28 @@ class Index:
     def add(self, doc_id: int, chunks: list[str]) -> None:
         # Segment outside the lock: jieba is the slow part and other requests need the DB.
         rows = [(i, c, self.seg.index_text(c)) for i, c in enumerate(chunks)]
-        with self.lock:
-            self.db.execute("BEGIN")
-            try:
-                self._insert(doc_id, rows)
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            self._insert(doc_id, rows)
 
     def add_document(self, store: Any, chunks: list[str], **doc: Any) -> int:
         """Write a document row and its chunks in one transaction: a failure leaves neither behind."""
         rows = [(i, c, self.seg.index_text(c)) for i, c in enumerate(chunks)]
+        with self._transaction():
+            doc_id = store.add_document(**doc)  # the same connection and (reentrant) lock: inside this BEGIN
+            self._insert(doc_id, rows)
+        return doc_id
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN ... COMMIT under the lock; any failure, a cancel included, rolls all of it back."""
         with self.lock:
             self.db.execute("BEGIN")
             try:
-                doc_id = store.add_document(**doc)  # the same connection and (reentrant) lock: inside this BEGIN
-                self._insert(doc_id, rows)
+                yield
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-        return doc_id
 
     def _insert(self, doc_id: int, rows: list[tuple[int, str, str]]) -> None:
         for i, c, terms in rows:

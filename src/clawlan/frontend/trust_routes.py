@@ -99,6 +99,8 @@ def routes(fe: Any, require_admin: Callable[[Request], None]) -> list[Route]:
         cand = next((c for c in fe.discoverer.candidates() if c["fingerprint"] == fp), None)
         await asyncio.to_thread(fe.trust.accept, fp, cand["name"] if cand else "", cand["base_url"] if cand else "")
         fe.discoverer.trust_changed()
+        # Pick now, not at the next question: the chat page's status then shows the accepted server.
+        fe.in_background(fe.discoverer.aresolve())
         return JSONResponse({"accepted": show_fingerprint(fp), "name": cand["name"] if cand else ""})
 
     async def forget(request: Request) -> Response:
@@ -106,6 +108,7 @@ def routes(fe: Any, require_admin: Callable[[Request], None]) -> list[Route]:
         fp = await fingerprint_of(request)
         gone = await asyncio.to_thread(fe.trust.forget, fp)
         fe.discoverer.trust_changed()
+        fe.in_background(fe.discoverer.aresolve())
         return JSONResponse({"forgotten": gone})
 
     async def page(request: Request) -> Response:

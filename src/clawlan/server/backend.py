@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -19,6 +19,9 @@ from clawlan.model.memory import DEFAULT_RAM_SHARE, size_context
 from clawlan.model.metadata import ModelInfo
 from clawlan.model.store import EMBEDDED_ID, resolve
 from clawlan.server.chat_template import ChatTemplate, load_template
+
+if TYPE_CHECKING:
+    from clawlan.engine.engine import EngineConfig
 
 log = logging.getLogger(__name__)
 MB = 1 << 20
@@ -44,6 +47,26 @@ def plan_context(info: ModelInfo, settings: Settings, available: int | None = No
     if size.warning:
         log.warning("%s", size.warning)
     return ContextPlan(size.max_context, size.kv_tokens, size.kv_bytes, size.budget_bytes)
+
+
+def engine_config(settings: Settings, info: ModelInfo, plan: ContextPlan) -> EngineConfig:
+    """The engine's configuration from the server's settings and its context plan: the one place
+    a ``server`` setting reaches the engine (the server and bench/serve.py's in-process run)."""
+    from clawlan.engine.engine import EngineConfig
+
+    s = settings.server
+    return EngineConfig(
+        batch_size=s.batch_size,
+        max_wait_ms=s.max_wait_ms,
+        kv_tokens=plan.kv_tokens,
+        max_seq_tokens=plan.max_context,
+        token_budget=s.prefill_chunk,
+        draft_tokens=s.draft_tokens,
+        host_cache_mb=s.cache_ram_mb,
+        kv_layout=s.kv_layout,
+        threads=s.threads or psutil.cpu_count(logical=False) or 1,
+        output_type=info.output_type,
+    )
 
 
 class Backend:
@@ -80,7 +103,7 @@ class Backend:
 
     def _load(self) -> None:
         from clawlan.engine.devices import backend_info, gpu_layers, load_model
-        from clawlan.engine.engine import EngineConfig, build_engine
+        from clawlan.engine.engine import build_engine
 
         s = self.settings.server
         if self.info is None:
@@ -89,27 +112,13 @@ class Backend:
         if not s.model_alias and s.model:
             self.model_id = info.path.stem
         self.plan = plan = plan_context(info, self.settings)
-        threads = s.threads or psutil.cpu_count(logical=False) or 1
         layers = gpu_layers(s.gpu_layers, info.n_layers)  # 0 on a CPU-only build, -1 past the model's layers
         if self.model is None:
             self.model = load_model(info.path, layers)
         self.devices = backend_info()
         m = self.model
-        self.engine = build_engine(
-            m,
-            EngineConfig(
-                batch_size=s.batch_size,
-                max_wait_ms=s.max_wait_ms,
-                kv_tokens=plan.kv_tokens,
-                max_seq_tokens=plan.max_context,
-                token_budget=s.prefill_chunk,
-                draft_tokens=s.draft_tokens,
-                host_cache_mb=s.cache_ram_mb,
-                kv_layout=s.kv_layout,
-                threads=threads,
-                output_type=info.output_type,
-            ),
-        )
+        cfg = engine_config(self.settings, info, plan)
+        self.engine = build_engine(m, cfg)
         self.engine.on_step = self.on_step
         self.engine.start()
         # The vocabulary's own texts (Gemma: <bos>/<eos>, Llama 2: <s>/</s>) for templates that
@@ -134,7 +143,7 @@ class Backend:
             plan.budget_bytes / MB,
             "one stream per sequence" if self.engine.scheduler.kv.streams else "unified",
             s.batch_size,
-            threads,
+            cfg.threads,
             self.template.family,
             "" if self.template.from_model else " (built in)",
         )

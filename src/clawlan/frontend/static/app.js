@@ -6,6 +6,16 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
+// A <button type="button"> (never a form's submit) with its class, text and click action; every
+// script makes them, at run time, after this file has loaded.
+function button(className, text, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  if (className) b.className = className;
+  b.textContent = text;
+  if (onClick) b.addEventListener("click", onClick);
+  return b;
+}
 const state = {
   conv: null,          // the open conversation {id, title, mode, ...}
   list: [],            // conversations in the sidebar
@@ -67,12 +77,7 @@ function setState(el, status, error, code) {
     msg.className = "error-text";
     msg.textContent = words ? t(words) : t("errorKept", { msg: error });
     if (words) msg.title = error;
-    const retry = document.createElement("button");
-    retry.type = "button";
-    retry.className = "retry";
-    retry.textContent = t("retry");
-    retry.addEventListener("click", () => retryLast(el));
-    errEl.replaceChildren(msg, retry);
+    errEl.replaceChildren(msg, button("retry", t("retry"), () => retryLast(el)));
   } else if (errEl) errEl.remove();
 }
 

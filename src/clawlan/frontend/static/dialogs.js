@@ -39,25 +39,17 @@ async function openSettings() {
     ta.setAttribute("aria-label", t("mode_" + m.id));
     const row = document.createElement("div");
     row.className = "row";
-    const save = document.createElement("button");
-    save.type = "button";
-    save.className = "save";
-    save.textContent = t("save");
-    save.disabled = !admin;
-    save.addEventListener("click", async () => {
+    const save = button("save", t("save"), async () => {
       await api("/api/modes/" + m.id, { method: "PUT", body: JSON.stringify({ prompt: ta.value }) });
       save.textContent = t("saved");
     });
-    const reset = document.createElement("button");
-    reset.type = "button";
-    reset.className = "reset";
-    reset.textContent = t("reset");
-    reset.disabled = !admin;
-    reset.addEventListener("click", async () => {
+    save.disabled = !admin;
+    const reset = button("reset", t("reset"), async () => {
       const r = await api("/api/modes/" + m.id, { method: "DELETE" });
       ta.value = r.prompt;
       save.textContent = t("save");  // "Saved" would now describe text that is gone
     });
+    reset.disabled = !admin;
     ta.addEventListener("input", () => { save.textContent = t("save"); });
     row.append(save, reset);
     fs.append(lg, ta, row);

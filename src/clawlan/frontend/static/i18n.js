@@ -35,6 +35,12 @@ const I18N = {
     save: "Save", reset: "Reset to default", saved: "Saved", adminOnly: "Only the admin (at this box, or with the admin token) can change prompts.",
     adminYes: "Edit the system prompt of each mode.", library: "Docs folder: {dir} · {files} files", noLibrary: "No docs folder configured (frontend.docs_dir).",
     interrupted: "Interrupted (the front end restarted); the text so far is kept.",
+    pendingChip: "{n} awaiting an admin",
+    pendingNew: "A new server was found on the network; it waits for an admin to accept it.",
+    pendingNewN: "{n} new servers were found on the network; they wait for an admin to accept them.",
+    pendingChanged: "A server's key has changed; it is not used until an admin checks it.",
+    pendingChangedN: "{n} servers' keys have changed; they are not used until an admin checks them.",
+    pendingReview: "Review the back ends",
   },
   zh: {
     skip: "跳到输入框", conversations: "会话", newChat: "新对话", search: "搜索会话", settings: "提示词与资料库",
@@ -65,6 +71,12 @@ const I18N = {
     adminOnly: "只有管理员（在本机上，或持有管理令牌）可以修改提示词。", adminYes: "编辑每种模式的系统提示词。",
     library: "资料目录：{dir} · {files} 个文件", noLibrary: "未配置资料目录（frontend.docs_dir）。",
     interrupted: "已中断（前端重启），已显示的内容已保留。",
+    pendingChip: "{n} 台待管理员确认",
+    pendingNew: "在局域网中发现一台新服务器，等待管理员确认后才会使用。",
+    pendingNewN: "在局域网中发现 {n} 台新服务器，等待管理员确认后才会使用。",
+    pendingChanged: "有一台服务器的密钥已变更，管理员核对前不会使用它。",
+    pendingChangedN: "有 {n} 台服务器的密钥已变更，管理员核对前不会使用它们。",
+    pendingReview: "查看后端列表",
   },
 };
 const LANG = /^zh/i.test((navigator.languages && navigator.languages[0]) || navigator.language || "") ? "zh" : "en";

@@ -56,23 +56,15 @@ function decorateCode(el) {
     tag.className = "lang";
     tag.textContent = lang;
     bar.append(tag);
-    const copy = document.createElement("button");
-    copy.type = "button";
-    copy.className = "copy";
-    copy.textContent = t("copy");
-    copy.setAttribute("aria-label", t("copy") + (lang ? " " + lang : ""));
-    copy.addEventListener("click", async () => {
+    const copy = button("copy", t("copy"), async () => {
       await copyText(code.textContent);
       copy.textContent = t("copied");
       setTimeout(() => { copy.textContent = t("copy"); }, 1500);
     });
+    copy.setAttribute("aria-label", t("copy") + (lang ? " " + lang : ""));
     bar.append(copy);
     if (state.conv && state.conv.mode === "code") {
-      const dl = document.createElement("button");
-      dl.type = "button";
-      dl.className = "download";
-      dl.textContent = t("download");
-      dl.addEventListener("click", () => {
+      const dl = button("download", t("download"), () => {
         const blob = new Blob([code.textContent], { type: "text/plain;charset=utf-8" });
         const a = document.createElement("a");
         a.href = URL.createObjectURL(blob);

@@ -20,9 +20,7 @@ async function refreshList() {
     const li = document.createElement("li");
     li.dataset.id = c.id;
     if (state.conv && c.id === state.conv.id) li.className = "active";
-    const open = document.createElement("button");
-    open.type = "button";
-    open.className = "open";
+    const open = button("open", "", () => openConversation(c.id));
     // Titles repeat ("Hello"); the time tells them apart.
     const name = document.createElement("span");
     name.className = "name";
@@ -33,42 +31,48 @@ async function refreshList() {
     open.append(name, when);
     open.title = (c.title || t("untitled")) + " · " + new Date(c.updated * 1000).toLocaleString();
     if (state.conv && c.id === state.conv.id) open.setAttribute("aria-current", "true");
-    open.addEventListener("click", () => openConversation(c.id));
-    const ren = document.createElement("button");
-    ren.type = "button";
-    ren.className = "tool rename";
-    ren.textContent = "✎";
-    ren.title = t("rename");
-    ren.setAttribute("aria-label", t("rename") + ": " + (c.title || t("untitled")));
-    ren.addEventListener("click", () => renameConversation(c));
-    const del = document.createElement("button");
-    del.type = "button";
-    del.className = "tool delete";
-    del.textContent = "✕";
-    del.title = t("delete");
-    del.setAttribute("aria-label", t("delete") + ": " + (c.title || t("untitled")));
-    del.addEventListener("click", () => deleteConversation(c));
-    li.append(open, ren, del);
+    li.append(open, toolButton("rename", "✎", c, renameConversation), toolButton("delete", "✕", c, deleteConversation));
     ul.append(li);
   }
 }
 
-async function renameConversation(c) {
-  const title = await ask({ title: t("renamePrompt"), value: c.title || "", ok: t("save") });
-  if (title === null) return;
-  await api("/api/conversations/" + c.id, { method: "PATCH", body: JSON.stringify({ title }) });
-  if (state.conv && state.conv.id === c.id) {
-    state.conv.title = title;
-    $("#conv-title").textContent = title || t("untitled");
-  }
+// The ✎ and ✕ beside a conversation: one look and labelling; `kind` is both the class and the label's key.
+function toolButton(kind, glyph, c, action) {
+  const b = button("tool " + kind, glyph, () => action(c));
+  b.title = t(kind);
+  b.setAttribute("aria-label", t(kind) + ": " + (c.title || t("untitled")));
+  return b;
+}
+
+// Rename and delete alike: ask in a page dialog (null: cancelled), send the change, mend the
+// conversation on screen when it is this one, redraw the list.
+async function changeConversation(c, dialog, request, whenOpen) {
+  const answer = await ask(dialog);
+  if (answer === null) return;
+  await api("/api/conversations/" + c.id, request(answer));
+  if (state.conv && state.conv.id === c.id) whenOpen(answer);
   refreshList();
 }
 
-async function deleteConversation(c) {
-  if (!(await ask({ title: t("deleteConfirm") + (c.title ? " " + c.title : ""), ok: t("delete"), danger: true }))) return;
-  await api("/api/conversations/" + c.id, { method: "DELETE" });
-  if (state.conv && state.conv.id === c.id) newChat();
-  refreshList();
+function renameConversation(c) {
+  return changeConversation(
+    c,
+    { title: t("renamePrompt"), value: c.title || "", ok: t("save") },
+    (title) => ({ method: "PATCH", body: JSON.stringify({ title }) }),
+    (title) => {
+      state.conv.title = title;
+      $("#conv-title").textContent = title || t("untitled");
+    },
+  );
+}
+
+function deleteConversation(c) {
+  return changeConversation(
+    c,
+    { title: t("deleteConfirm") + (c.title ? " " + c.title : ""), ok: t("delete"), danger: true },
+    () => ({ method: "DELETE" }),
+    () => newChat(),
+  );
 }
 
 function showDocs(docs) {
@@ -78,14 +82,11 @@ function showDocs(docs) {
     const chip = document.createElement("span");
     chip.className = "chip";
     chip.textContent = d.name;
-    const rm = document.createElement("button");
-    rm.type = "button";
-    rm.textContent = "✕";
-    rm.setAttribute("aria-label", t("removeDoc", { name: d.name }));
-    rm.addEventListener("click", async () => {
+    const rm = button("", "✕", async () => {
       await api(`/api/conversations/${state.conv.id}/documents/${d.id}`, { method: "DELETE" });
       openConversation(state.conv.id);
     });
+    rm.setAttribute("aria-label", t("removeDoc", { name: d.name }));
     chip.append(rm);
     box.append(chip);
   }

@@ -28,6 +28,8 @@ function renderChip() {
     : h.state === "error" ? t("chipError") : kind === "bad" ? t("chipDown") : t("finding")];
   const model = st && st.model;
   if (kind === "ok" && model) parts.push(model);
+  const pending = pendingBackends(st);
+  if (pending.total) parts.push(t("pendingChip", { n: pending.total }));
   if (sess) {
     parts.push(`${sess.active}/${sess.limit}` + (sess.queued ? " · " + t("queuedN", { n: sess.queued }) : ""));
     el.dataset.active = sess.active;
@@ -47,8 +49,31 @@ function renderChip() {
   if (sess) lines.push(t("sessions", sess));
   const lib = st && st.library;
   if (lib) lines.push(lib.documents ? t("tipLibrary", { n: lib.documents }) : t("libraryEmptyShort"));
+  lines.push(...pending.sentences);
   el.title = lines.join("\n");
   el.setAttribute("aria-label", parts.join(", ") + ". " + lines.join(". "));
+  renderPending(pending, !!(st && st.admin));
+}
+
+// Servers found on the network whose key nobody has accepted (new) or whose key is not the one
+// pinned for their name (changed): none is used until an admin decides on /admin/backends.
+function pendingBackends(st) {
+  const list = (st && st.backends) || [];
+  const fresh = list.filter((c) => c.state === "new").length;
+  const changed = list.filter((c) => c.state === "changed").length;
+  const sentences = [];
+  if (fresh) sentences.push(fresh === 1 ? t("pendingNew") : t("pendingNewN", { n: fresh }));
+  if (changed) sentences.push(changed === 1 ? t("pendingChanged") : t("pendingChangedN", { n: changed }));
+  return { total: fresh + changed, sentences };
+}
+
+function renderPending(pending, admin) {
+  const note = $("#pending-note");
+  note.hidden = !pending.total;
+  note.querySelector(".text").textContent = pending.sentences.join(" ");
+  const link = note.querySelector(".review");
+  link.hidden = !(pending.total && admin);  // only an admin can accept; others are told it waits for one
+  link.textContent = t("pendingReview");
 }
 
 async function pollStatus() {

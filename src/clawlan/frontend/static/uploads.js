@@ -34,11 +34,8 @@ async function upload(file) {
     chip.title = e.message;
     const text = document.createElement("span");
     text.textContent = file.name + ": " + uploadError(status, e.message);
-    const rm = document.createElement("button");
-    rm.type = "button";
-    rm.textContent = "✕";
+    const rm = button("", "✕", () => chip.remove());
     rm.setAttribute("aria-label", t("dismiss"));
-    rm.addEventListener("click", () => chip.remove());
     chip.replaceChildren(text, rm);
   }
 }

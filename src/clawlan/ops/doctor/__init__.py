@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from clawlan.config.paths import frontend_data_dir
 from clawlan.discovery.service import SERVICE_TYPE, ServiceRecord
 from clawlan.errors import ClawlanError
 from clawlan.ops.doctor.firewall import chain_verdict, iptables_verdicts, nft_verdicts, read_firewall
@@ -39,16 +40,9 @@ SEED_FILES = ("network_config.json", "clawbot_config.json")
 
 __all__ = [
     "LAN_RTT_MS", "PORT_RANGE", "Check", "Doctor", "Iface", "Status", "Target", "chain_verdict",
-    "default_frontend_data_dir", "interfaces", "iptables_verdicts", "nft_verdicts", "parse_backend",
+    "interfaces", "iptables_verdicts", "nft_verdicts", "parse_backend",
     "read_firewall", "register", "render", "run", "source_address",
 ]
-
-
-def default_frontend_data_dir() -> Path:
-    # The front end's own default (frontend/app.py default_data_dir), restated here: ops may not import
-    # frontend, and the doctor must read the pins the front end on this box keeps.
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "clawlan" / "front"
 
 
 @dataclass
@@ -123,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from clawlan.config import load_settings
+    from clawlan.config.settings import FrontendSection
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe would bury the report
 
@@ -134,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings(files).settings
     except ClawlanError:
         settings = None  # reported by the config check; fall back to defaults for the rest
+    front = settings.frontend if settings else FrontendSection()
     if args.backend:
         target = parse_backend(args.backend)
     elif settings is not None:
@@ -151,10 +147,9 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         service_type=args.mdns_service_type,
         # The trust a front end on this box would apply: its configured fingerprints and its pin file.
-        trusted_backends=list(settings.frontend.trusted_backends) if settings else [],
-        frontend_data_dir=args.data_dir or (settings.frontend.data_dir if settings else None)
-        or str(default_frontend_data_dir()),
-        admin_url=f"http://127.0.0.1:{settings.frontend.port if settings else 8081}/admin/backends",
+        trusted_backends=list(front.trusted_backends),
+        frontend_data_dir=str(frontend_data_dir(args.data_dir or front.data_dir)),
+        admin_url=f"http://127.0.0.1:{front.port}/admin/backends",
     )
     checks = doc.run(skip=args.skip or ())
     if args.json:
