@@ -44,14 +44,6 @@ class Identity:
     fingerprint: str  # lowercase hex SHA-256 of the DER certificate
 
 
-def default_state_dir(kind: str = "server") -> Path:
-    """``$XDG_STATE_HOME/clawlan/KIND`` (``~/.local/state/...``); for the server ``$CLAWLAN_STATE_DIR`` first."""
-    if kind == "server" and os.environ.get("CLAWLAN_STATE_DIR"):
-        return Path(os.environ["CLAWLAN_STATE_DIR"])
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "clawlan" / kind
-
-
 def fingerprint_of_pem(pem: str | bytes) -> str:
     text = pem.decode() if isinstance(pem, bytes) else pem
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(text)).hexdigest()
@@ -104,7 +96,7 @@ def _make(cert_path: Path, key_path: Path, kind: str) -> None:
 
 def ensure_identity(state_dir: str | Path | None = None, kind: str = "server") -> Identity:
     """The service's certificate and key, made on first call and reused after (``kind``: server, router)."""
-    d = Path(state_dir) if state_dir else default_state_dir(kind)
+    d = Path(state_dir) if state_dir else state_dir(kind)
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
     cert, key = d / CERT_NAME, d / KEY_NAME
