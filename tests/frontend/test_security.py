@@ -310,6 +310,42 @@ def test_v1_text_plain_post_is_refused(make_app: Any, rogue_backend: Rogue) -> N
     assert status == 415 and rogue_backend.seen == []
 
 
+def test_json_and_v1_bodies_are_capped_while_streaming(make_app: Any, rogue_backend: Rogue) -> None:
+    """A LAN host posting a huge JSON body (chunked, no Content-Length) is refused at the front end's cap,
+    never buffered whole or forwarded; before the front end had a cap, both were read to the end."""
+    app = make_app(rogue_backend.base_url, max_body_bytes=64 * 1024)
+    mb = b" " * (1024 * 1024)
+    for path in ("/api/conversations", "/v1/chat/completions"):
+        status, headers, body, consumed = call(app, "POST", path, headers={"content-type": "application/json"},
+                                               chunks=iter([b'{"x": "', *[mb] * 50, b'"}']))  # 50 MB
+        assert status == 413, (path, body[:200])
+        assert b"frontend.max_body_bytes" in body
+        assert consumed <= 64 * 1024 + len(mb) + 16  # stopped at the cap
+        assert headers.get("x-content-type-options") == "nosniff"  # the guard's headers on the refusal too
+    assert rogue_backend.seen == []
+    # Bodies under the cap pass as before.
+    status, _, body, _ = call(app, "POST", "/api/conversations", headers={"content-type": "application/json"},
+                              body=b'{"title": "' + b"t" * 1000 + b'"}')
+    assert status == 201, body
+
+
+def test_a_half_sent_request_head_is_closed(start_front: Any, stub_backend: StubBackend,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slow loris: a LAN host that opens connections and never finishes a request head is cut off, as by
+    a server (web/limits.py); before, the front end held such a connection open forever."""
+    import socket
+    from urllib.parse import urlsplit
+
+    monkeypatch.setenv("CLAWLAN_FRONTEND_HEADER_TIMEOUT_MS", "300")
+    fp = start_front(stub_backend.base_url)
+    u = urlsplit(fp.url)
+    with socket.create_connection((u.hostname, u.port)) as c:
+        c.settimeout(30)
+        c.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        assert c.recv(100) == b""  # closed with no answer: no request was ever formed
+    assert httpx.get(fp.url + "api/status", timeout=10).status_code == 200  # others unaffected
+
+
 # -- low items ----------------------------------------------------------------------------
 
 

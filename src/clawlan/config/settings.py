@@ -73,6 +73,16 @@ class FrontendSection(Section):
     request_defaults: dict[str, Any] = Field(
         default_factory=dict, description="extra fields for every chat request, e.g. temperature"
     )
+    # The same door as a server's (web/limits.py): staff browsers and the LAN reach the page.
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, le=1 << 30, description="largest JSON or /v1 body (uploads have their own cap); more gets 413"
+    )
+    header_timeout_ms: int = Field(
+        10_000, ge=100, le=600_000, description="a connection must send a request's headers within this"
+    )
+    body_timeout_ms: int = Field(
+        60_000, ge=100, le=3_600_000, description="a request's body (an upload too) must arrive within this (408 otherwise)"
+    )
 
 
 class ServerSection(Section):

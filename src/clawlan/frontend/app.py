@@ -54,6 +54,7 @@ from clawlan.frontend.proxy import Upstream, UpstreamError
 from clawlan.frontend.retrieval import Hit, Index, Segmenter
 from clawlan.frontend.sessions import SessionLimiter
 from clawlan.frontend.store import Store
+from clawlan.web.limits import BodyLimitMiddleware
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
@@ -389,9 +390,7 @@ def build_app(cfg: FrontConfig) -> Starlette:
         if not name:
             raise InvalidRequest("missing X-Filename header", param="file")
         documents.kind_of(name)
-        # Counted as it streams in: an oversized upload is refused at the cap, never buffered whole.
-        data = await security.read_capped(request.stream(), request.headers.get("content-length"),
-                                          documents.MAX_BYTES, name)
+        data = await request.body()  # within documents.MAX_BYTES: BodyLimitMiddleware counted it in
 
         def index() -> tuple[int, int]:
             # Extraction, chunking and indexing are CPU work: off the event loop, one transaction at the end.
@@ -472,6 +471,15 @@ def build_app(cfg: FrontConfig) -> Starlette:
     ]
     names = lambda: security.own_names(cfg.host, cfg.trusted_hosts)  # noqa: E731
     guard = Middleware(security.WebGuard, allowed_hosts=names(), refresh=names)
-    app = Starlette(routes=routes, exception_handlers={RequestError: on_error}, lifespan=lifespan, middleware=[guard])
+
+    def body_cap(path: str) -> int:
+        return documents.MAX_BYTES if path.endswith("/documents") else cfg.max_body_bytes
+
+    # Inside the guard (its refusals come first, and its headers go on these 413/408 answers too). Bodies
+    # are counted as they stream in, so an oversized one is refused at its cap, never buffered whole.
+    door = Middleware(BodyLimitMiddleware, max_bytes=body_cap, timeout_s=cfg.body_timeout_ms / 1000.0,
+                      max_name="frontend.max_body_bytes", timeout_name="frontend.body_timeout_ms", who="this front end")
+    app = Starlette(routes=routes, exception_handlers={RequestError: on_error}, lifespan=lifespan,
+                    middleware=[guard, door])
     app.state.frontend = fe
     return app

@@ -157,6 +157,8 @@ def main(args: argparse.Namespace) -> int:
     import uvicorn
 
     from clawlan.frontend.app import build_app
+    from clawlan.web.limits import guarded_protocol
+    from clawlan.web.listen import bind
 
     cfg = front_config(args)
     if not 1 <= cfg.port <= 65535 and cfg.port != 0:
@@ -164,14 +166,16 @@ def main(args: argparse.Namespace) -> int:
     app = build_app(cfg)
     url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{cfg.port}/"
     kiosk: subprocess.Popen[bytes] | None = None
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=3)
+    # Bound before anything starts: a taken port is one line naming the flag. TCP_NODELAY: answers stream.
+    sock = bind(cfg.host, cfg.port)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3,
+                            http=guarded_protocol(cfg.header_timeout_ms / 1000.0))  # slow-loris: heads in time
     server = uvicorn.Server(config)
     if args.kiosk:
         kiosk = subprocess.Popen(kiosk_command(url, cfg.render_mode))
     print(f"clawlan front: chat at {url}  (OpenAI endpoint {url}v1)", flush=True)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         if kiosk is not None and kiosk.poll() is None:
             kiosk.terminate()

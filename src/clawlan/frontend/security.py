@@ -174,24 +174,6 @@ def _has_body(headers: dict[str, str]) -> bool:
         return True
 
 
-async def read_capped(stream: Any, content_length: str | None, cap: int, name: str) -> bytes:
-    """A request body, refused (413) as soon as it passes ``cap`` bytes, declared or counted."""
-    from clawlan.frontend.documents import TooLarge
-
-    too_big = TooLarge(f"{name}: larger than {cap // (1024 * 1024)} MB", param="file")
-    try:
-        if content_length is not None and int(content_length) > cap:
-            raise too_big
-    except ValueError:
-        pass
-    buf = bytearray()
-    async for chunk in stream:
-        buf += chunk
-        if len(buf) > cap:
-            raise too_big
-    return bytes(buf)
-
-
 # -- admin --------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -44,26 +45,29 @@ async def send_error(send: Any, exc: RequestError, close: bool = False) -> None:
 class BodyLimitMiddleware:
     """Reads the body up front within a byte cap and a deadline, then replays it to the app."""
 
-    def __init__(self, app: Any, max_bytes: int, timeout_s: float, *, max_name: str = "server.max_body_bytes",
-                 timeout_name: str = "server.body_timeout_ms", who: str = "this server") -> None:  # fmt: skip
+    def __init__(self, app: Any, max_bytes: int | Callable[[str], int], timeout_s: float, *,
+                 max_name: str = "server.max_body_bytes", timeout_name: str = "server.body_timeout_ms",
+                 who: str = "this server") -> None:  # fmt: skip
         self.app = app
-        self.max_bytes = max_bytes
+        # One cap, or one per path (a front end's uploads may be larger than its JSON bodies).
+        self.cap_for = max_bytes if callable(max_bytes) else (lambda path, cap=max_bytes: cap)
         self.timeout_s = timeout_s
         # The setting or flag a refused client's administrator would change, named in the error.
         self.max_name = max_name
         self.timeout_name = timeout_name
         self.who = who
 
-    def _too_large(self, size: str) -> PayloadTooLarge:
-        return PayloadTooLarge(f"the request body is {size}; {self.who} accepts at most {self.max_bytes} bytes ({self.max_name})")
+    def _too_large(self, size: str, cap: int) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the request body is {size}; {self.who} accepts at most {cap} bytes ({self.max_name})")
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
+        cap = self.cap_for(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await send_error(send, self._too_large(f"{int(declared)} bytes"))
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            await send_error(send, self._too_large(f"{int(declared)} bytes", cap))
             return
         chunks: list[bytes] = []
         size = 0
@@ -75,9 +79,9 @@ class BodyLimitMiddleware:
                         return  # the client left before its body arrived: nothing to answer
                     chunk = msg.get("body", b"")
                     size += len(chunk)
-                    if size > self.max_bytes:
+                    if size > cap:
                         # uvicorn discards the rest (bounded by the header deadline that follows).
-                        await send_error(send, self._too_large(f"over {self.max_bytes} bytes"))
+                        await send_error(send, self._too_large(f"over {cap} bytes", cap))
                         return
                     chunks.append(chunk)
                     if not msg.get("more_body", False):
