@@ -15,7 +15,7 @@
 #   bench/gpu.sh --tests .gpu                      # carry .gpu and .gpu-model/gemma.04: tests, then the table
 # --tests joins the parts into CLAWLAN_CACHE_DIR and runs tests/engine, tests/server and tests/test_gpu.py
 # (TEST_PATHS) on the real model with every layer offloaded (CLAWLAN_TEST_GPU_LAYERS=-1), within TEST_TIMEOUT [420] s;
-# BENCH=0 skips the table. Device time: start ~1 min, 4 part calls ~1 min, build ~4.5 min, tests ~3-7 min
+# BENCH=0 skips the table (OVERLAP_AB=0 the engine-alone overlap comparison before it). Device time: start ~1 min, 4 part calls ~1 min, build ~4.5 min, tests ~3-7 min
 # (2-core CPU: ~6 min), table ~3 min: over 15 minutes all together, so with one lease run the tests, and
 # the table (BENCH=0 / STREAMS=1,64) as the time left allows.
 #
@@ -116,6 +116,8 @@ export PYTHONPATH=$site:$root/src:$bundle/py LLAMA_CPP_LIB_PATH=$BUILD/bin LD_LI
 if ((cpu)); then "$PY" "$bundle/preflight.py" "$site" >"$OUT/preflight.log" 2>&1 || true  # expects a GPU: informative only
 else "$PY" "$bundle/preflight.py" "$site" >"$OUT/preflight.log" 2>&1 || { cat "$OUT/preflight.log" >&2; exit 2; }; fi
 say "python: $("$PY" -c 'import llama_cpp, sys; print(sys.version.split()[0], "llama_cpp", llama_cpp.__version__, "gpu offload", bool(llama_cpp.llama_supports_gpu_offload()))')"
+say "step policy of the serve below: $("$PY" -c 'import sys; from clawlan.engine.policy import choose
+print(choose(True, int(sys.argv[1]), draft_tokens=0))' $((NGL ? -1 : 0)))"
 
 # 2b. The real-model tests on this build (--tests): the embedded model joined from its parts, every
 #     layer on the device; the servers' and the engine's tests, pytest's summary in OUT.
@@ -161,6 +163,24 @@ probe resolve "from clawlan.model.store import resolve; resolve('$MODEL')"
 probe numpy-first "import numpy"
 probe import-gguf "import gguf"
 probe gguf-reader "import gguf; r = gguf.GGUFReader('$MODEL'); n = len(r.tensors); del r"
+
+# 4b. Overlap (issue 12: "prepare step N+1 while step N runs"), the engine alone, no HTTP: PARALLEL
+#     sequences decoding 64 tokens each, device greedy, no drafts; the next step prepared while one
+#     computes, or not. On a CPU build the decode is synchronous: the two should match there.
+if [[ ${OVERLAP_AB:-1} == 1 ]]; then
+  for mode in plain overlap; do
+    flag=(); [[ $mode == overlap ]] && flag=(--overlap)
+    if "$PY" "$root/bench/engine.py" --host-profile --model "$MODEL" --gpu-layers $((NGL ? -1 : 0)) \
+        --sequences "$PARALLEL" --draft-tokens 0 --device-greedy --threads "${THREADS:-4}" "${flag[@]}" \
+        >"$OUT/steps-$mode.json" 2>"$OUT/steps-$mode.log"; then
+      say "engine alone, $PARALLEL sequences, $mode: $("$PY" -c 'import json, sys; p = json.load(open(sys.argv[1]))["plain"]
+w, n, h = p["wall_s"], p["steps"], p["host_ms_per_step"]
+print(f"{1000 * w / n:.2f} ms per decode step ({n} steps), {h:.2f} ms of it outside llama_decode")' "$OUT/steps-$mode.json")"
+    else
+      say "engine alone, $mode: failed, see $OUT/steps-$mode.log"
+    fi
+  done
+fi
 
 # 5. Both servers: same model, slots, KV cells and context; llama-server as in the bundle's figures.
 per_seq=$((KV / PARALLEL))

@@ -8,8 +8,19 @@ import pytest
 from engine_fakes import reference
 from test_scheduler import prompt
 
+from clawlan.engine.engine import EngineConfig, build_engine
+from clawlan.engine.policy import choose
 from clawlan.engine.request import Request, SamplingParams
 from clawlan.engine.scheduler import PENDING
+
+
+def test_the_gpu_policy_overlaps_without_drafts_only():
+    assert choose(True, -1, gpu_capable=True, draft_tokens=0).overlap
+    assert not choose(True, -1, gpu_capable=True, draft_tokens=8).overlap  # a draft needs N's tokens
+    assert not choose(True, 0, gpu_capable=True, draft_tokens=0).overlap  # a CPU decode is synchronous
+    assert not choose(True, -1, gpu_capable=False, draft_tokens=0).overlap
+    with pytest.raises(ValueError, match="draft_tokens 0"):
+        build_engine(object(), EngineConfig(overlap=True, draft_tokens=4))
 
 
 def decodes(h, rid: str) -> list[int]:

@@ -409,6 +409,8 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
     from clawlan.engine.policy import choose
     from clawlan.engine.runner import LlamaRunner
 
+    if cfg.overlap and cfg.draft_tokens:
+        raise ValueError("overlap needs draft_tokens 0: a draft is looked up from the tokens being sampled")
     assert isinstance(model, Model)
     streams = use_streams(cfg)
     cache_slots = max(32, 4 * cfg.batch_size) if cfg.cache_slots is None else cfg.cache_slots
@@ -433,8 +435,6 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
     elif cfg.device_greedy is not None:
         policy = replace(policy, device_greedy=False)
     if cfg.overlap is not None:
-        if cfg.overlap and cfg.draft_tokens:
-            raise ValueError("overlap needs draft_tokens 0: a draft is looked up from the tokens being sampled")
         policy = replace(policy, overlap=cfg.overlap)
     log.info("step policy: %s", policy)
     host = HostCache(cfg.host_cache_mb << 20) if cfg.host_cache_mb > 0 else None
