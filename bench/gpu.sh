@@ -8,16 +8,20 @@
 #   bench/gpu.sh .gpu                              # on the GPU machine, from the repository root (~8 min)
 #   bench/gpu.sh --cpu .gpu                        # the same steps on a CPU build, small (a dry run)
 #
-# With the real-model tests (issue 12: "the real-model server tests pass there"): the embedded model
-# (253 MB) does not fit one call's 64 MiB, so it travels in parts, one call each, before the run:
-#   bench/gpu.sh --model-parts .gpu-model          # here: 4 parts of 58 MiB and one of ~9 MiB
-#   run(command="true", carry=[".gpu-model/gemma.00"]) ... gemma.03   # on the warm machine, one call each
-#   bench/gpu.sh --tests .gpu                      # carry .gpu and .gpu-model/gemma.04: tests, then the table
-# --tests joins the parts into CLAWLAN_CACHE_DIR and runs tests/engine, tests/server and tests/test_gpu.py
-# (TEST_PATHS) on the real model with every layer offloaded (CLAWLAN_TEST_GPU_LAYERS=-1), within TEST_TIMEOUT [420] s;
-# BENCH=0 skips the table (OVERLAP_AB=0 the engine-alone overlap comparison before it). Device time: start ~1 min, 4 part calls ~1 min, build ~4.5 min, tests ~3-7 min
-# (2-core CPU: ~6 min), table ~3 min: over 15 minutes all together, so with one lease run the tests, and
-# the table (BENCH=0 / STREAMS=1,64) as the time left allows.
+# With the real-model tests (issue 12: "the real-model server tests pass there"). The embedded model
+# (253 MB) does not fit one call's 64 MiB, so it travels ahead in parts, one call each, to the warm
+# machine (ignored files there stay between calls):
+#   bench/gpu.sh --model-parts .gpu-model          # here: gemma.00-03 (58 MiB each), gemma.04 (~9 MiB)
+#   echo /.gpu-model/ >> .git/info/exclude         # here: carried, never committed
+#   run(command="true", carry=[".gpu-model/gemma.00"])  # then .01, .02, .03: one call each
+#   bench/gpu.sh --tests .gpu                      # carry .gpu and .gpu-model/gemma.04
+# --tests joins the parts into CLAWLAN_CACHE_DIR [/tmp/clawlan-models], then runs TEST_PATHS [tests/engine
+# tests/server tests/test_gpu.py] on the real model, every layer offloaded (CLAWLAN_TEST_GPU_LAYERS=-1),
+# for at most TEST_TIMEOUT [420] s, before the rest; BENCH=0 stops after the tests.
+# Device time, roughly: start 1-2 min, part calls ~1 min, build ~4.5 min, tests 3-7 min (a guess: never
+# run on a GPU; here on 2 shared cores tests/engine takes 1-2 min), overlap comparison <1 min, table
+# ~3 min (STREAMS=1,64: less).
+# That is about the 15 minutes a lease has: pass TEST_TIMEOUT=300 STREAMS=1,64 to keep inside it.
 #
 # The bundle travels as an untracked folder of the working tree (or name it in the run's carry if
 # it is git-ignored). clawlan runs from ./src, the bindings from BUNDLE/py, libllama from the build.
@@ -35,8 +39,8 @@ if [[ ${1:-} == --model-parts ]]; then
   py=${PY:-python3}; root=$(cd "$(dirname "$0")/.." && pwd)
   src=$(PYTHONPATH=$root/src "$py" -c 'from clawlan.model.store import resolve; print(resolve(None).path)')
   rm -f "$dest"/gemma.*; split -b 58M -d "$src" "$dest/gemma."
-  (cd "$dest" && sha256sum "$src" | cut -d' ' -f1 >gemma.sha256 && ls -l gemma.*)
-  echo "gpu.sh: carry each of $dest/gemma.00 .. in a call of its own (the last one with the bundle); keep $dest git-ignored"
+  ls -l "$dest"/gemma.*
+  echo "gpu.sh: carry each of $dest/gemma.* in a call of its own (the last one with the bundle); keep $dest git-ignored"
   exit 0
 fi
 if [[ ${1:-} == --prepare ]]; then
