@@ -174,23 +174,30 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "1, 2, 3, 4, 5,", "M
 
 
 @pytest.mark.parametrize("layout", ["streams", "unified"])
-def test_real_model_same_greedy_outputs_with_and_without_overlap(real_model, make_real_engine, layout):
-    def run(overlap: bool) -> list[tuple[list[int], str, str]]:
+def test_real_model_same_outputs_with_and_without_overlap(real_model, make_real_engine, layout):
+    """Greedy on the device (the GPU policy's), and on the host where a request needs its logits
+    (logprobs, a seeded sampler chain). All are admitted at once, so each step holds the same
+    sequences either way (llama.cpp's sums depend a little on a step's shape)."""
+
+    def run(overlap: bool) -> list[tuple[list[int], str, str | None]]:
         eng = make_real_engine(
-            batch_size=4, kv_tokens=4 * 512, max_seq_tokens=512, kv_layout=layout, draft_tokens=0,
+            batch_size=8, kv_tokens=8 * 512, max_seq_tokens=512, kv_layout=layout, draft_tokens=0,
             device_greedy=True, overlap=overlap,
         )  # fmt: skip
         assert eng.engine.overlap is overlap
-        reqs = [
-            Request(real_model.tokenize(p), SamplingParams(max_tokens=6 + 5 * i, temperature=0))
-            for i, p in enumerate(PROMPTS)
+        greedy = [SamplingParams(max_tokens=6 + 5 * i, temperature=0) for i in range(len(PROMPTS))]
+        other = [
+            SamplingParams(max_tokens=30, temperature=0, stop=["elif"]),  # a stop string mid-batch
+            SamplingParams(max_tokens=12, temperature=0, logprobs=2),
+            SamplingParams(max_tokens=12, temperature=0.8, seed=7),
         ]
-        reqs.append(Request(real_model.tokenize(PROMPTS[2]), SamplingParams(max_tokens=30, temperature=0, stop=["8"])))
+        reqs = [Request(real_model.tokenize(p), sp) for p, sp in zip(PROMPTS + PROMPTS[1:], greedy + other, strict=True)]
         out = []
         for evs in eng.run(*reqs):
-            out.append(([t for ev in evs for t in ev.token_ids], "".join(ev.text for ev in evs), evs[-1].finish_reason))
+            lps = [(lp.token, round(lp.logprob, 4)) for ev in evs for lp in ev.logprobs or []]
+            out.append(([t for ev in evs for t in ev.token_ids], "".join(ev.text for ev in evs) + str(lps), evs[-1].finish_reason))
         return out
 
     plain, overlapped = run(False), run(True)
     assert overlapped == plain
-    assert [r for _, _, r in plain][-1] == "stop"  # the stop string ended one mid-batch
+    assert plain[4][2] == "stop" and "(" in plain[5][1]  # the stop string ended one; logprobs came
