@@ -49,9 +49,9 @@ Policy, in order:
 9. **Overlap** (the policy's ``overlap``, a GPU's): while step N computes, step N+1 is
    scheduled as if N's tokens were in (:meth:`Scheduler.prepare_next`): each sequence
    sampling in N holds ``PENDING`` for its token while that is scheduled, and so do the
-   prepared step's chunk and cell for it until ``append_token`` puts the real token in. A sequence that ends at N
-   (stop, length, cancel, error) leaves the prepared step before it is decoded, and one that
-   reaches its length limit at N is not put in it at all. Preparing never preempts: where it
+   prepared step's chunk and cell for it until ``append_token`` puts the real token in. A
+   sequence that ends at N (stop, length, cancel, error) leaves the prepared step before it is
+   decoded, and one that reaches its length limit at N is not put in it at all. Preparing never preempts: where it
    would have to, nothing is prepared and N+1 is scheduled after N's read, as without overlap.
    Sequences admitted by the prepared step took slots freed before N's read: one freed by a
    sequence ending at N is refilled a step later.
@@ -145,7 +145,7 @@ class Scheduler:
         self.accepted = 0  # of them, the ones the model agreed with
         # Sequences the scheduler itself ended (too big for the whole cache); the engine reports them.
         self.dropped: list[Sequence] = []
-        assert not (self.policy.overlap and draft_tokens), "overlap needs N's tokens for no draft (policy.py)"
+        assert not (self.policy.overlap and draft_tokens), "overlap needs draft_tokens 0: a draft is looked up from N's tokens"
         self.prepared: Step | None = None  # the next step, scheduled while the last one computed
         self._preparing = False
         self._short = False  # preparing needed a preemption: the next step is scheduled after the read
