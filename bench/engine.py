@@ -389,7 +389,9 @@ def host_profile(model: Model, threads: int, n_seqs: int = 8, max_tokens: int = 
     st = pstats.Stats(prof)
     parts = {
         "schedule": (scheduler_mod.__file__, "schedule"),
-        "shape + batch + llama_decode": (runner_mod.__file__, "decode_shaped"),
+        "shape + batch + llama_decode": (runner_mod.__file__, "decode"),
+        "prepare the next step (overlap; its schedule counted above too)": (scheduler_mod.__file__, "prepare_next"),
+        "stage the next batch (overlap)": (runner_mod.__file__, "stage"),
         "sample (argmax / chains)": (runner_mod.__file__, "sample"),
         "commit": (scheduler_mod.__file__, "commit"),
         "postprocess (append, detokenize, events)": (engine_mod.__file__, "_postprocess"),
@@ -418,12 +420,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sequences", type=int, default=8, help="--host-profile: concurrent sequences")
     ap.add_argument("--draft-tokens", type=int, default=8, help="--host-profile: EngineConfig.draft_tokens")
     ap.add_argument("--device-greedy", action="store_true", help="--host-profile: greedy argmax in llama.cpp's graph")
+    ap.add_argument("--overlap", action="store_true", help="--host-profile: prepare step N+1 while N runs (drafts off)")
+    ap.add_argument("--gpu-layers", type=int, default=0, help="--host-profile: layers offloaded (-1: all; a GPU build)")
     args = ap.parse_args(argv)
 
     path = Path(args.model) if args.model else embedded_model_path()
     if args.host_profile:
-        cfg = {"draft_tokens": args.draft_tokens, **({"device_greedy": True} if args.device_greedy else {})}
-        print(json.dumps(host_profile(Model(path), args.threads, args.sequences, **cfg), indent=2))
+        cfg = {"draft_tokens": 0 if args.overlap else args.draft_tokens, "overlap": args.overlap}
+        cfg |= {"device_greedy": True} if args.device_greedy else {}
+        model = Model(path, gpu_layers=args.gpu_layers)
+        print(json.dumps(host_profile(model, args.threads, args.sequences, **cfg), indent=2))
         return 0
     reps = 1 if args.quick else args.reps
     rng = random.Random(2)

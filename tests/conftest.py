@@ -8,6 +8,7 @@ loaded model. Overrides are dotted-free keyword names of ``server`` /
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -41,7 +42,8 @@ def model_info() -> Any:
 def llama_model(model_info: Any) -> Iterator[Any]:
     from clawlan.engine.llama import Model
 
-    m = Model(model_info.path)
+    # bench/gpu.sh --tests runs the real-model tests offloaded on a GPU build: CLAWLAN_TEST_GPU_LAYERS=-1
+    m = Model(model_info.path, gpu_layers=int(os.environ.get("CLAWLAN_TEST_GPU_LAYERS", "0")))
     yield m
     m.close()
 

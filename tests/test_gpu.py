@@ -3,6 +3,7 @@
 CUDA itself is not here: these tests run the CPU build of llama.cpp. They check that the device
 registry is read through the bindings, that bad GPU input is one line, that /health and
 /v1/models name the backend, and that `make run GPU=...` fails fast without the toolkit.
+`bench/gpu.sh --tests` runs this file on a CUDA build too, where the build's own device is checked.
 """
 
 from __future__ import annotations
@@ -20,15 +21,21 @@ from clawlan.engine import devices
 from clawlan.errors import ConfigError, ModelFileError
 
 ROOT = Path(__file__).resolve().parents[1]
+GPU_BUILD = devices.backend_info().gpu_offload  # the pip wheel here is a CPU build; bench/gpu.sh's is not
 
 
-def test_this_build_reports_its_cpu_device() -> None:
+def test_this_build_reports_its_devices() -> None:
     info = devices.backend_info()
-    assert info.name == "CPU" and info.gpu_offload is False  # the pip wheel here is a CPU build
     (cpu,) = [d for d in info.devices if d.type == "CPU"]
     assert cpu.backend == "CPU" and cpu.memory_total > 0
+    if GPU_BUILD:
+        gpus = [d for d in info.devices if d.type in ("GPU", "IGPU")]
+        assert gpus and info.name == gpus[0].backend != "CPU" and gpus[0].memory_total > 0
+    else:
+        assert info.name == "CPU"
 
 
+@pytest.mark.skipif(GPU_BUILD, reason="about CPU-only builds of llama.cpp")
 def test_gpu_layers_on_a_cpu_build_warn_and_run_on_the_cpu(caplog) -> None:
     with caplog.at_level(logging.WARNING):
         assert devices.gpu_layers(-1, 18) == 0
@@ -68,7 +75,8 @@ def test_a_failed_load_with_layers_on_a_device_is_one_line(tmp_path) -> None:
 
 def test_health_and_models_name_the_backend(backend) -> None:
     health = httpx.get(backend.base_url + "/health").json()
-    assert health["backend"]["name"] == "CPU" and health["backend"]["devices"][0]["type"] == "CPU"
+    assert health["backend"] == devices.backend_info().to_dict() | {"devices": health["backend"]["devices"]}
+    assert [d["name"] for d in health["backend"]["devices"]] == [d.name for d in devices.backend_info().devices]
     (model,) = httpx.get(backend.base_url + "/v1/models").json()["data"]
     assert model["meta"]["backend"] == health["backend"]
 

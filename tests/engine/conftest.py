@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from engine_fakes import FakeClock, FakeMemory, FakeRunner, Harness
 
@@ -27,6 +29,7 @@ def make_harness():
         mix_prefill: bool = True,
         streams: bool = False,
         gpu: bool = False,
+        overlap: bool = False,
         **runner_kw,
     ) -> Harness:
         mem = FakeMemory(streams)
@@ -35,6 +38,7 @@ def make_harness():
         kv = KVCache(n_cells, slots, mem, host, streams=streams)
         rows = 2 * batch_size if draft_rows is None else draft_rows
         policy = gpu_policy(streams) if gpu else cpu_policy(streams)
+        policy = replace(policy, overlap=overlap)
         sched = Scheduler(
             kv, batch_size, token_budget, max_wait_s, max_seq_tokens, draft_tokens, rows, mix_prefill, policy
         )

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from clawlan.engine.engine import Engine
 from clawlan.engine.kv_cache import KVCache
 from clawlan.engine.request import Event, Request, SamplingParams
-from clawlan.engine.scheduler import Chunk, Scheduler, Step
-from clawlan.engine.sequence import Sequence
+from clawlan.engine.scheduler import PENDING, Chunk, Scheduler, Step
+from clawlan.engine.sequence import Sequence, Status
 
 EOG = 1  # the fake vocabulary's end-of-generation token
 
@@ -104,8 +104,15 @@ class FakeRunner:
         self.released: set[str] = set()
         self.oom_steps = 0
         self._sampled: dict[Sequence, list[int]] = {}
+        # What the engine asked, in order: ("decode", step number), ("stage", [(request_id,
+        # start, tokens)] as known at that moment), ("sample", request_id)
+        self.calls: list[tuple] = []
+
+    def stage(self, step: Step) -> None:
+        self.calls.append(("stage", [(c.seq.request_id, c.start, c.tokens) for c in step.chunks]))
 
     def decode(self, step: Step) -> int:
+        self.calls.append(("decode", len(self.steps)))
         self._sampled = {}
         if self.status is not None:
             return self.status
@@ -131,6 +138,7 @@ class FakeRunner:
         return 0
 
     def sample(self, chunk: Chunk) -> list[int]:
+        self.calls.append(("sample", chunk.seq.request_id))
         if self.fail_sampling is not None and self.fail_sampling(chunk.seq):
             raise RuntimeError(f"sampling {chunk.seq.request_id} failed")
         return self._sampled[chunk.seq]
@@ -183,10 +191,17 @@ class Harness:
         self.engine._drain()
         self.engine.step()
         self.clock.advance(0.01)
-        # The accounting never hands out more cells than exist, and mirrors llama.cpp exactly.
+        # The accounting never hands out more cells than exist, and mirrors llama.cpp exactly,
+        # but for the cells a prepared step reserved (overlap): those hold its tokens, all known.
         assert 0 <= self.kv.n_used <= self.kv.n_cells
+        ahead = {c.seq.seq_id: c for c in self.sched.prepared.chunks} if self.sched.prepared else {}
         for slot in self.kv.slots:
-            assert self.mem.kv[slot.seq_id] == slot.tokens, f"slot {slot.seq_id} accounting != KV"
+            c = ahead.get(slot.seq_id)
+            if c is not None and c.seq.status is Status.RUNNING:
+                assert self.mem.kv[slot.seq_id] == slot.tokens[: c.start], f"slot {slot.seq_id} accounting != KV"
+                assert slot.tokens[c.start :] == c.tokens and PENDING not in c.tokens
+            else:
+                assert self.mem.kv[slot.seq_id] == slot.tokens, f"slot {slot.seq_id} accounting != KV"
 
     def run(self, max_steps: int = 10_000) -> int:
         n = 0

@@ -1,6 +1,8 @@
 """The engine loop: ``step()`` on its own thread, ``submit`` / ``cancel`` for asyncio.
 
-``step()`` is schedule, run, postprocess. Everything that touches llama.cpp
+``step()`` is schedule, run, postprocess. Where the policy says ``overlap`` (a GPU: see
+:mod:`clawlan.engine.policy`), "run" is launch and read, and the next step is scheduled
+between them, while the device computes. Everything that touches llama.cpp
 happens on the engine thread, so no native call races another; callers only
 hand requests over under a lock and receive events through their event loop.
 """
@@ -59,6 +61,17 @@ def _deliver(batch: list[tuple[asyncio.Queue[Event], Event]]) -> None:
 
 
 @dataclass
+class Ending:
+    """How a sequence ends: its last event's content, before the usage figures are added."""
+
+    reason: str
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    error: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
 class EngineStats:
     """Counters the metrics endpoint reads (written by the engine thread only)."""
 
@@ -85,7 +98,9 @@ class Engine:
         self._stopping = False
         self._outbox = Outbox()
         self.context: Any = None  # the llama.cpp context, freed by stop(); None with a fake runner
+        self._t0 = 0.0  # when the step being run was launched, for on_step
         self.on_step: Callable[[Step, float], None] | None = None
+        self.overlap = scheduler.policy.overlap  # prepare the next step while one computes
 
     # -- called from any thread ----------------------------------------------
     def add(self, request: Request, emit: Emit) -> None:
@@ -183,33 +198,50 @@ class Engine:
             self.scheduler.add(seq)
         for rid in cancels:
             if rid in self._live:
-                self._end(self._live[rid][0], "cancelled")
+                self._end(self._live[rid][0], Ending("cancelled"))
 
     def step(self) -> None:
-        """One decode: schedule, run, postprocess. A failure is charged to the requests it
-        can be attributed to: a sampling or detokenizing error to its sequence alone, a failed
+        """One decode: schedule, run, postprocess; with overlap, the next step is scheduled
+        between launching this one and reading it. A failure is charged to the requests it can
+        be attributed to: a sampling or detokenizing error to its sequence alone, a failed
         decode to the step's sequences; the rest keep running."""
         step = self.scheduler.schedule(self.clock())
         self._report_dropped()
-        if not step:
-            return
-        t0 = self.clock()
+        if step and self._launch(step):
+            if self.overlap:
+                self._prepare_next(step)  # while the device computes ``step``
+            self._postprocess(step, self._read(step))
+
+    def _launch(self, step: Step) -> bool:
+        """Start ``step``'s decode; False when it failed (its requests are dealt with)."""
+        self._t0 = self.clock()
         try:
             status = self.runner.decode(step)
         except Exception as exc:
             log.exception("llama_decode raised")
             self.scheduler.rollback(step)
             self._end_step(step, f"engine error: {exc}")
-            return
+            return False
         if status in (1, DECODE_ALLOC_FAILED):
             alone = self.scheduler.on_out_of_memory(step, status)
             if alone is not None:
-                self._end(alone, "error", error="llama_decode has no room even for one sequence")
-            return
+                self._end(alone, Ending("error", error="llama_decode has no room even for one sequence"))
+            return False
         if status != 0:
             self.scheduler.rollback(step)
             self._end_step(step, f"llama_decode failed with status {status}")
-            return
+            return False
+        return True
+
+    def _prepare_next(self, step: Step) -> None:
+        """Schedule the step after ``step`` and write its batch but for the tokens being sampled."""
+        nxt = self.scheduler.prepare_next(step, self.clock())
+        if nxt is not None:
+            self.runner.stage(nxt)
+
+    def _read(self, step: Step) -> dict[Sequence, list[int]]:
+        """Sample every chunk that samples (on a GPU this waits for the step) and commit the
+        step; a sequence whose sampling fails ends here, alone."""
         sampled: dict[Sequence, list[int]] = {}
         failed: dict[Sequence, Exception] = {}
         for c in step.chunks:
@@ -222,7 +254,15 @@ class Engine:
         for seq, exc in failed.items():
             if not isinstance(exc, ClawlanError):
                 log.error("sampling %s failed", seq.request_id, exc_info=exc)
-            self._end(seq, "error", error=f"engine error: {exc}")
+            self._end(seq, Ending("error", error=f"engine error: {exc}"))
+        return sampled
+
+    def _end_step(self, step: Step, error: str) -> None:
+        for c in step.chunks:
+            if c.seq.status is Status.RUNNING:
+                self._end(c.seq, Ending("error", error=error))
+
+    def _postprocess(self, step: Step, sampled: dict[Sequence, list[int]]) -> None:
         # A prompt chunk is progress too: a 15k-token prompt must not look stalled to timeout_ms.
         for c in step.chunks:
             if not c.wants_logits:
@@ -230,24 +270,16 @@ class Engine:
         self.stats.steps += 1
         self.stats.step_seqs.append(len(step.chunks))
         if self.on_step:
-            self.on_step(step, self.clock() - t0)
-        self._postprocess(sampled)
-        self._outbox.flush()  # first tokens go out before the housekeeping below
-        self.scheduler.offload_idle()
-
-    def _end_step(self, step: Step, error: str) -> None:
-        for c in step.chunks:
-            if c.seq.status is Status.RUNNING:
-                self._end(c.seq, "error", error=error)
-
-    def _postprocess(self, sampled: dict[Sequence, list[int]]) -> None:
+            self.on_step(step, self.clock() - self._t0)
         now = self.clock()
         for seq, tokens in sampled.items():
             try:
                 self._take(seq, tokens, now)
             except Exception as exc:  # e.g. a token that will not render: this request's error alone
                 log.exception("postprocessing %s failed", seq.request_id)
-                self._end(seq, "error", error=f"engine error: {exc}")
+                self._end(seq, Ending("error", error=f"engine error: {exc}"))
+        self._outbox.flush()  # first tokens go out before the housekeeping below
+        self.scheduler.offload_idle()
 
     def _take(self, seq: Sequence, tokens: list[int], now: float) -> None:
         """Append a sequence's sampled tokens, emit its text, end it where it is done."""
@@ -271,36 +303,20 @@ class Engine:
                     reason = "stop"
             if reason:
                 # An end-of-generation token is not output; a stop string's token is (its text is cut).
-                self._end(seq, reason, text=text, tokens=emitted, logprobs=lps)
+                self._end(seq, Ending(reason, text=text, tokens=emitted, logprobs=lps))
                 break
         else:
             self._emit(seq, Event(seq.request_id, text=text, token_ids=emitted, logprobs=lps))
 
-    def _end(
-        self,
-        seq: Sequence,
-        reason: str,
-        text: str = "",
-        tokens: list[int] | None = None,
-        error: str | None = None,
-        logprobs: list[TokenLogprob] | None = None,
-    ) -> None:
+    def _end(self, seq: Sequence, ending: Ending) -> None:
         if seq.status is Status.FINISHED:
             return
-        self.scheduler.finish(seq, reason, self.clock())
-        self._notify(seq, reason, text, tokens, error, logprobs)
+        self.scheduler.finish(seq, ending.reason, self.clock())
+        self._notify(seq, ending)
 
-    def _notify(
-        self,
-        seq: Sequence,
-        reason: str,
-        text: str = "",
-        tokens: list[int] | None = None,
-        error: str | None = None,
-        logprobs: list[TokenLogprob] | None = None,
-    ) -> None:
+    def _notify(self, seq: Sequence, ending: Ending) -> None:
         """Free a finished sequence's sampler and send its last event, with usage."""
-        text += seq.text.flush()
+        text = ending.text + seq.text.flush()
         self.runner.release(seq)
         _, emit = self._live.pop(seq.request_id, (seq, None))
         if emit is not None:
@@ -308,13 +324,13 @@ class Engine:
                 Event(
                     seq.request_id,
                     text=text,
-                    token_ids=tokens or [],
-                    finish_reason=reason,
-                    error=error,
+                    token_ids=ending.tokens,
+                    finish_reason=ending.reason,
+                    error=ending.error,
                     prompt_tokens=seq.n_prompt,
                     cached_tokens=seq.n_cached or 0,
                     completion_tokens=seq.n_generated,
-                    logprobs=logprobs,
+                    logprobs=ending.logprobs,
                 )
             )
 
@@ -325,7 +341,7 @@ class Engine:
 
     def _report_dropped(self) -> None:
         for seq in self.scheduler.dropped:  # the scheduler already finished them
-            self._notify(seq, "length", error="the KV cache cannot hold this request")
+            self._notify(seq, Ending("length", error="the KV cache cannot hold this request"))
         self.scheduler.dropped.clear()
 
     def _fail_all(self, message: str) -> None:
@@ -333,7 +349,7 @@ class Engine:
             if seq.status is Status.FINISHED:
                 continue
             if seq.status is Status.RUNNING or seq in self.scheduler.waiting:
-                self._end(seq, "error", error=message)
+                self._end(seq, Ending("error", error=message))
         self._live.clear()
 
 
@@ -372,6 +388,10 @@ class EngineConfig:
     # Greedy argmax inside llama.cpp's graph (policy.py): None lets the policy decide (on a GPU
     # without drafts); True works on a CPU too (the tests), where it gains nothing measured.
     device_greedy: bool | None = None
+    # Schedule the next step while one computes (policy.py): None lets the policy decide (on a GPU
+    # without drafts); True works on a CPU too (the tests), where the decode is synchronous and
+    # nothing is gained. Needs draft_tokens 0.
+    overlap: bool | None = None
 
 
 def use_streams(cfg: EngineConfig) -> bool:
@@ -389,6 +409,8 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
     from clawlan.engine.policy import choose
     from clawlan.engine.runner import LlamaRunner
 
+    if cfg.overlap and cfg.draft_tokens:
+        raise ValueError("overlap needs draft_tokens 0: a draft is looked up from the tokens being sampled")
     assert isinstance(model, Model)
     streams = use_streams(cfg)
     cache_slots = max(32, 4 * cfg.batch_size) if cfg.cache_slots is None else cfg.cache_slots
@@ -412,6 +434,8 @@ def build_engine(model: object, cfg: EngineConfig) -> Engine:
         policy = replace(policy, device_greedy=True, fillers=False, quantum=1)
     elif cfg.device_greedy is not None:
         policy = replace(policy, device_greedy=False)
+    if cfg.overlap is not None:
+        policy = replace(policy, overlap=cfg.overlap)
     log.info("step policy: %s", policy)
     host = HostCache(cfg.host_cache_mb << 20) if cfg.host_cache_mb > 0 else None
     kv = KVCache(ctx.n_ctx, n_slots, ctx, host, streams=streams)

@@ -273,6 +273,12 @@ class KVCache:
         slot.tokens.extend(tokens)
         return True
 
+    def fill(self, seq_id: int, pos: int, token: int) -> None:
+        """The token at ``pos`` is known now (it was reserved as PENDING while it was sampled)."""
+        slot = self.slots[seq_id]
+        if pos < len(slot.tokens):
+            slot.tokens[pos] = token
+
     def trim(self, seq_id: int, keep: int) -> None:
         """Keep the first ``keep`` tokens of a slot; free the rest here and in llama.cpp."""
         slot = self.slots[seq_id]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp as L
@@ -147,6 +148,16 @@ class Model:
             self.ptr = None
 
 
+@dataclass
+class Batch:
+    """A batch written into a :class:`Context`'s arrays: its size, the batch indices of the
+    rows the caller reads, and each batch index's row in llama_get_logits."""
+
+    n_tokens: int
+    rows: list[int]
+    out_row: np.ndarray
+
+
 class Context:
     """One llama.cpp context whose KV cache holds ``n_seq`` sequence ids: a thin binding.
 
@@ -241,10 +252,15 @@ class Context:
         Returns llama_decode's status and the batch indices of the ``n_logits`` rows, in the
         parts' order.
         """
+        batch = self.write([q if isinstance(q, Part) else Part(*q) for q in parts])
+        return self.launch(batch), batch.rows
+
+    def write(self, parts: list[Part]) -> Batch:
+        """Write ``parts`` into the batch's arrays, for :meth:`launch`. Safe while an earlier
+        decode computes: llama_decode copies the batch before it returns (llama_batch_compat)."""
         i = 0
         rows: list[int] = []
-        for q in parts:
-            p = q if isinstance(q, Part) else Part(*q)
+        for p in parts:
             n = len(p.tokens)
             if i + n > self.n_batch:
                 # Writing past the batch corrupts memory and llama.cpp aborts the process.
@@ -258,11 +274,22 @@ class Context:
             if p.n_logits:
                 self._logits[i - p.n_logits : i] = 1
                 rows.extend(range(i - p.n_logits, i))
-        self.batch.n_tokens = i
         # Output rows are stored in batch order (llama.h): batch index -> row of llama_get_logits.
-        self._out_row = np.cumsum(self._logits[:i], dtype=np.int32) - 1
+        return Batch(i, rows, np.cumsum(self._logits[:i], dtype=np.int32) - 1)
+
+    def write_tokens(self, parts: list[Part]) -> None:
+        """Rewrite only the token column of the batch :meth:`write` made of the same parts
+        (overlap: the tokens being sampled were not known when it was written)."""
+        flat = [t for p in parts for t in p.tokens]
+        self._tok[: len(flat)] = flat
+
+    def launch(self, batch: Batch) -> int:
+        """``llama_decode`` of the written batch. On a GPU it returns once the step is queued;
+        reading an output (logits, a sampled token) waits for it."""
+        self.batch.n_tokens = batch.n_tokens
+        self._out_row = batch.out_row
         self._all = None
-        return L.llama_decode(self.ptr, self.batch), rows
+        return int(L.llama_decode(self.ptr, self.batch))
 
     def logits(self, index: int) -> np.ndarray:
         """Row ``index``'s logits, a view of llama.cpp's buffer (valid until the next decode)."""

@@ -22,6 +22,19 @@ whose token count jumps with fillers changes the graph's shape, which makes llam
 backend rebuild its CUDA graph instead of replaying it. The GPU policy still keeps one stream
 per sequence where the layout allows, ids in order and even drafts (the split rule above).
 
+**Overlap** (GPU policy, no drafts): step N+1 is scheduled while step N computes. On CUDA,
+``llama_decode`` returns once the graph is queued (``graph_compute`` calls
+``ggml_backend_sched_graph_compute_async``, and ``decode`` ends with its ``synchronize()``
+commented out); the host waits only when it reads an output (``llama_get_logits*`` and
+``llama_get_sampled_token_ith`` call ``synchronize()`` first). The batch is copied into
+llama.cpp's own at the call (``llama_batch_compat``), and the memory calls the scheduler makes
+(``llama_memory_seq_rm/cp/pos_max``) change the cache's host-side cell records only (a copy
+across streams waits for the next decode, which synchronizes first). So admission, KV
+accounting, positions and sequence ids for N+1 are done while the device works, and only the
+token column is written after N's read. Drafts need N's tokens to look up theirs, so overlap
+is for ``draft_tokens`` 0. On a CPU the decode itself is synchronous: nothing to hide behind,
+so the CPU policy leaves it off (the engine's step is then schedule, run, postprocess).
+
 The unified layout (one cache shared by all sequence ids) keeps its branches: it is the only
 layout in which one sequence may use more than ``kv_tokens / batch`` cells, and in which idle
 prefix-cache entries beyond the batch share cells with running sequences instead of being
@@ -71,6 +84,9 @@ class StepPolicy:
     # output row per sequence and step ("backend sampling supports at most 1 outputs per
     # sequence"), so only without drafts or padding rows: the GPU policy with draft_tokens 0.
     device_greedy: bool = False
+    # Schedule step N+1 between launching step N and reading its outputs (see the module's
+    # docstring): pays where llama_decode returns before the step is computed, a GPU's.
+    overlap: bool = False
 
     def __post_init__(self) -> None:
         assert not (self.device_greedy and self.pads), "device sampling takes one output row per sequence"
@@ -112,8 +128,8 @@ def cpu_policy(streams: bool, output_type: str | None = "Q8_0") -> StepPolicy:
     return StepPolicy("cpu", streams=streams, fillers=streams, quantum=row_quantum(output_type, 0))
 
 
-def gpu_policy(streams: bool, device_greedy: bool = False) -> StepPolicy:
-    return StepPolicy("gpu", streams=streams, device_greedy=device_greedy)
+def gpu_policy(streams: bool, device_greedy: bool = False, overlap: bool = False) -> StepPolicy:
+    return StepPolicy("gpu", streams=streams, device_greedy=device_greedy, overlap=overlap)
 
 
 def choose(
@@ -125,11 +141,12 @@ def choose(
 ) -> StepPolicy:
     """The policy for a model loaded with ``gpu_layers`` on this llama.cpp library.
     ``gpu_capable``: whether the library can offload at all (asked of llama.cpp when None).
-    Greedy sampling moves onto the device only where no step has drafts (``draft_tokens`` 0)."""
+    Greedy sampling moves onto the device, and the next step is prepared while one computes,
+    only where no step has drafts (``draft_tokens`` 0)."""
     if gpu_capable is None:
         import llama_cpp
 
         gpu_capable = bool(llama_cpp.llama_supports_gpu_offload())
     if gpu_layers != 0 and gpu_capable:
-        return gpu_policy(streams, device_greedy=draft_tokens == 0)
+        return gpu_policy(streams, device_greedy=draft_tokens == 0, overlap=draft_tokens == 0)
     return cpu_policy(streams, output_type)

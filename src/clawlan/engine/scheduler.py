@@ -46,6 +46,15 @@ Policy, in order:
    match), and prompt chunks ride in the decode step (llama.cpp runs them as a micro-batch of their own; mixing
    costs nothing here, 304 ms against 296 ms apart). What of this a backend
    gets (fillers and rounded rows on a CPU only) is :mod:`clawlan.engine.policy`'s.
+9. **Overlap** (the policy's ``overlap``, a GPU's): while step N computes, step N+1 is
+   scheduled as if N's tokens were in (:meth:`Scheduler.prepare_next`): each sequence
+   sampling in N holds ``PENDING`` for its token while that is scheduled, and so do the
+   prepared step's chunk and cell for it until ``append_token`` puts the real token in. A
+   sequence that ends at N (stop, length, cancel, error) leaves the prepared step before it is
+   decoded, and one that reaches its length limit at N is not put in it at all. Preparing never preempts: where it
+   would have to, nothing is prepared and N+1 is scheduled after N's read, as without overlap.
+   Sequences admitted by the prepared step took slots freed before N's read: one freed by a
+   sequence ending at N is refilled a step later.
 """
 
 from __future__ import annotations
@@ -60,6 +69,8 @@ from clawlan.engine.policy import StepPolicy, cpu_policy
 from clawlan.engine.sequence import Sequence, Status
 
 log = logging.getLogger(__name__)
+
+PENDING = -1  # the token of a sequence sampling in the step now computing (overlap): known after its read
 
 
 @dataclass
@@ -80,7 +91,9 @@ class Chunk:
 
     @property
     def tokens(self) -> list[int]:
-        return self.seq.tokens[self.start : self.start + self.n - len(self.draft)] + self.draft
+        own = self.seq.tokens[self.start : self.start + self.n - len(self.draft)]
+        # In a step prepared while the one before computes (overlap), its token being sampled.
+        return own + [PENDING] * (self.n - len(self.draft) - len(own)) + self.draft
 
 
 @dataclass
@@ -132,6 +145,11 @@ class Scheduler:
         self.accepted = 0  # of them, the ones the model agreed with
         # Sequences the scheduler itself ended (too big for the whole cache); the engine reports them.
         self.dropped: list[Sequence] = []
+        assert not (self.policy.overlap and draft_tokens), "overlap needs draft_tokens 0: a draft is looked up from N's tokens"
+        self.prepared: Step | None = None  # the next step, scheduled while the last one computed
+        self._preparing = False
+        self._short = False  # preparing needed a preemption: the next step is scheduled after the read
+        self.unprepared = 0  # steps scheduled after the read for that reason
 
     # -- queue ----------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -156,6 +174,13 @@ class Scheduler:
 
     # -- the step -------------------------------------------------------
     def schedule(self, now: float) -> Step:
+        step, self.prepared = self.prepared, None
+        if step is not None:
+            # Sequences that ended since (a stop at the step read meanwhile, a cancel) leave it;
+            # ending trimmed the cells reserved for them.
+            step.chunks = [c for c in step.chunks if c.seq.status is Status.RUNNING]
+            if step:
+                return step
         self._admit(now)
         decoders = sorted((s for s in self.running if s.decoding), key=lambda s: s.order)
         prompts = sorted((s for s in self.running if not s.decoding), key=lambda s: s.order)
@@ -171,6 +196,28 @@ class Scheduler:
         if self.policy.ordered:
             step.chunks.sort(key=lambda c: c.seq.seq_id or 0)  # one micro-batch: ids in order
         return step
+
+    def prepare_next(self, step: Step, now: float) -> Step | None:
+        """``step``'s decode is launched and computing: schedule the next step now (point 9),
+        for :meth:`schedule` to return. None when nothing could be prepared without preempting."""
+        sampling = [c.seq for c in step.chunks if c.wants_logits]
+        for c in step.chunks:
+            c.seq.n_computed = c.start + c.n  # as commit() will have it: no drafts here
+        for seq in sampling:
+            seq.tokens.append(PENDING)  # scheduled as if it were in: it decodes next
+        self._preparing, self._short = True, False
+        try:
+            nxt = self.schedule(now)
+        finally:
+            self._preparing = False
+            for seq in sampling:
+                seq.tokens.pop()  # the real token comes through append_token, after the read
+        if self._short:
+            self.rollback(nxt)
+            self.unprepared += 1
+            return None
+        self.prepared = nxt if nxt else None
+        return self.prepared
 
     def offload_idle(self) -> None:
         """After a step that admitted work: idle entries leave the KV cache (for host RAM, if
@@ -189,6 +236,8 @@ class Scheduler:
         for i, seq in enumerate(decoders):
             if seq.status is not Status.RUNNING:
                 continue  # preempted while making room for an older one
+            if seq.n_generated >= seq.params.max_tokens or len(seq.tokens) >= self.max_seq_tokens:
+                continue  # its token being sampled (PENDING) is its last: it ends by length
             left = len(decoders) - i  # decoders still to place, this one included: one token each
             draft = even[i] if even is not None else self._draft(seq, min(spare // left, budget - left))
             if len(draft) + left > self.kv.n_free:
@@ -318,6 +367,10 @@ class Scheduler:
 
     def _make_room(self, seq: Sequence, n: int, step: Step) -> bool:
         """Preempt newest running sequences until ``n`` cells are free for ``seq``."""
+        if self._preparing and self.kv.n_free < n:
+            # A victim may be in the step computing now: schedule the next step after its read.
+            self._short = True
+            return False
         while self.kv.n_free < n:
             victims = [s for s in self.running if s is not seq and not any(c.seq is s for c in step.chunks)]
             if not victims:
@@ -419,6 +472,8 @@ class Scheduler:
     def append_token(self, seq: Sequence, token: int, is_eog: bool) -> str | None:
         """Add a sampled token; return a finish reason if the sequence is done."""
         seq.tokens.append(token)
+        if seq.seq_id is not None:  # a prepared step reserved its cell holding PENDING
+            self.kv.fill(seq.seq_id, len(seq.tokens) - 1, token)
         p = seq.params
         if (is_eog and not p.ignore_eos) or token in p.stop_token_ids:
             seq.tokens.pop()  # the end-of-generation token is not part of the answer
