@@ -48,3 +48,9 @@ def test_flag_error_names_the_flag(capsys):
     assert main(["serve", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "flag --port" in err and "backend.service_port = 0" in err
+
+
+def test_overlap_on_with_drafts_is_one_line_before_listening(capsys):
+    assert main(["serve", "--overlap", "on", "--port", "1"]) == 2  # port 1: it would fail to bind if it got there
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "server.overlap = on needs server.draft_tokens = 0" in err

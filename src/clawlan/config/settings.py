@@ -118,6 +118,11 @@ class ServerSection(Section):
     draft_tokens: int = Field(
         8, ge=0, le=64, description="prompt-lookup draft tokens per sequence and step (speculative decoding); 0: off"
     )
+    overlap: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="prepare the next engine step while the device computes this one; auto: on a GPU when "
+        "draft_tokens is 0 (a CPU computes inside the call, so there is nothing to hide)",
+    )
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads; default: physical cores")
     gpu_layers: int = Field(0, ge=-1, le=100_000, description="layers offloaded to a GPU (-1: all)")
     api_keys: list[str] = Field(default_factory=list, description="accepted Bearer keys; empty: no auth")

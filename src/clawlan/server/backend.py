@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from clawlan.config import Settings
-from clawlan.errors import ClawlanError
+from clawlan.errors import ClawlanError, ConfigError
 from clawlan.model.memory import DEFAULT_RAM_SHARE, size_context
 from clawlan.model.metadata import ModelInfo
 from clawlan.model.store import EMBEDDED_ID, resolve
@@ -49,12 +49,21 @@ def plan_context(info: ModelInfo, settings: Settings, available: int | None = No
     return ContextPlan(size.max_context, size.kv_tokens, size.kv_bytes, size.budget_bytes)
 
 
+def check_engine_settings(settings: Settings) -> Settings:
+    """Settings that are each valid but do not go together: one line, before the server listens."""
+    s = settings.server
+    if s.overlap == "on" and s.draft_tokens:
+        raise ConfigError(f"server.overlap = on needs server.draft_tokens = 0 (it is {s.draft_tokens}): a draft is "
+                          "looked up from the tokens the step being overlapped has not yet sampled")
+    return settings
+
+
 def engine_config(settings: Settings, info: ModelInfo, plan: ContextPlan) -> EngineConfig:
     """The engine's configuration from the server's settings and its context plan: the one place
     a ``server`` setting reaches the engine (the server and bench/serve.py's in-process run)."""
     from clawlan.engine.engine import EngineConfig
 
-    s = settings.server
+    s = check_engine_settings(settings).server
     return EngineConfig(
         batch_size=s.batch_size,
         max_wait_ms=s.max_wait_ms,
@@ -66,6 +75,7 @@ def engine_config(settings: Settings, info: ModelInfo, plan: ContextPlan) -> Eng
         kv_layout=s.kv_layout,
         threads=s.threads or psutil.cpu_count(logical=False) or 1,
         output_type=info.output_type,
+        overlap={"auto": None, "on": True, "off": False}[s.overlap],
     )
 
 

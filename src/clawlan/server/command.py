@@ -26,6 +26,7 @@ FLAG_KEYS = {
     "draft_tokens": "server.draft_tokens",
     "cache_ram_mb": "server.cache_ram_mb",
     "kv_layout": "server.kv_layout",
+    "overlap": "server.overlap",
     "gpu_layers": "server.gpu_layers",
     "api_key": "server.api_keys",
     "max_connections": "backend.max_connections",
@@ -52,6 +53,7 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     p.add_argument("--kv-layout", choices=["auto", "streams", "unified"], help="KV layout (default auto: one stream per sequence where every context fits)")
     p.add_argument("--cache-ram-mb", type=int, help="host RAM for idle prefix-cache entries, 0 keeps them in the KV cache (default 2048)")
+    p.add_argument("--overlap", choices=["auto", "on", "off"], help="prepare step N+1 while step N computes (default auto: on a GPU with --draft-tokens 0)")
     p.add_argument("--draft-tokens", type=int, help="prompt-lookup draft tokens per step, 0 turns speculation off (default 8)")
     p.add_argument("--gpu-layers", type=int, help="layers to offload to a GPU (-1: all)")
     p.add_argument("--api-key", action="append", help="accepted Bearer key (repeatable)")
@@ -75,10 +77,10 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from clawlan.model.store import resolve
-    from clawlan.server.backend import Backend
+    from clawlan.server.backend import Backend, check_engine_settings
     from clawlan.server.serving import RunningServer
 
-    settings = settings_from_args(args).settings
+    settings = check_engine_settings(settings_from_args(args).settings)
     logging.getLogger().setLevel(settings.server.log_level.upper())
     # Check the model file before listening, so a bad file is one line and a non-zero exit.
     info = resolve(settings.server.model, settings.server.model_sha256)
