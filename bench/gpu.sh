@@ -12,7 +12,7 @@
 # (253 MB) does not fit one call's 64 MiB, so it travels ahead in parts, one call each, to the warm
 # machine (ignored files there stay between calls):
 #   bench/gpu.sh --model-parts .gpu-model          # here: gemma.00-03 (58 MiB each), gemma.04 (~9 MiB)
-#   echo /.gpu-model/ >> .git/info/exclude         # here: carried, never committed
+#   (/.gpu-model/ is in .gitignore: carried by name, never committed)
 #   run(command="true", carry=[".gpu-model/gemma.00"])  # then .01, .02, .03: one call each
 #   bench/gpu.sh --tests .gpu                      # carry .gpu and .gpu-model/gemma.04
 # --tests joins the parts into CLAWLAN_CACHE_DIR [/tmp/clawlan-models], then runs TEST_PATHS [tests/engine
