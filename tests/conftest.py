@@ -24,7 +24,9 @@ TEST_DEFAULTS = {"max_context_tokens": 4096, "kv_tokens": 16384, "threads": 2}
 def make_settings(**overrides: Any) -> Settings:
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for key, value in {**TEST_DEFAULTS, **overrides}.items():
-        owner = next((n for n, cls in SECTIONS.items() if key in cls.model_fields), None)
+        # The server's settings first: the front end has limits of the same names (frontend.max_body_bytes ...).
+        owners = [n for n, cls in SECTIONS.items() if key in cls.model_fields]
+        owner = "server" if "server" in owners else next(iter(owners), None)
         if owner is None:
             raise KeyError(f"unknown setting {key}")
         sections[owner][key] = value

@@ -138,7 +138,7 @@ def test_streamed_body_past_the_cap_is_a_413(serve):
             yield b" " * 4096
 
     r = httpx.post(server.base_url + "/v1/chat/completions", content=body(), timeout=10)
-    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large", r.text
 
 
 def test_8_mb_prompt_is_a_4xx(backend, serve):
