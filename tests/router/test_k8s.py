@@ -101,11 +101,19 @@ def test_a_broken_manifest_is_rejected() -> None:
 
 
 def router_args(docs: list[dict[str, Any]]) -> Any:
+    """The manifest's `clawlan router` command through clawlan's own parser and checks, then what it asks
+    of vllm-router through vllm-router's parser."""
     from vllm_router.launch_router import parse_router_args
 
+    from clawlan.cli import build_parser
+    from clawlan.router.command import check, options_from
+
     c = container(one(docs, "Deployment", "clawlan-router"))
-    assert c["command"] == ["vllm-router"]
-    return parse_router_args([a.replace("$(POD_NAMESPACE)", "clawlan") for a in c["args"]])
+    assert c["command"] == ["clawlan", "router"]
+    args = build_parser().parse_args(["router", *(a.replace("$(POD_NAMESPACE)", "clawlan") for a in c["args"])])
+    check(args)  # a one-line ConfigError if the manifest's flags do not go together
+    assert (args.host, args.tls, args.advertise, args.discover) == ("0.0.0.0", False, False, False)
+    return parse_router_args(options_from(args).argv("vllm-router")[1:])
 
 
 def test_router_finds_the_model_servers_by_label_with_the_cache_aware_policy() -> None:
@@ -191,3 +199,20 @@ def test_clawlan_router_flags_parse_as_vllm_routers() -> None:
     args = parse_router_args(o.argv("vllm-router")[1:])
     assert (args.port, args.policy, args.queue_size, args.health_check_interval_secs) == (9999, "round_robin", 7, 2)
     assert args.cb_failure_threshold == 2 and args.worker_urls == []
+
+
+def test_k8s_selector_flags_are_checked_in_one_line() -> None:
+    from clawlan.cli import build_parser
+    from clawlan.errors import ConfigError
+    from clawlan.router.command import check
+
+    def args(*flags: str) -> Any:
+        return build_parser().parse_args(["router", *flags])
+
+    with pytest.raises(ConfigError, match="use it with --no-discover"):
+        check(args("--k8s-selector=app=x"))  # mDNS on too: the pool would remove the pods vllm-router found
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        check(args("--no-discover", "--k8s-selector=model-server"))
+    with pytest.raises(ConfigError, match="--worker URL or --k8s-selector"):
+        check(args("--no-discover"))
+    check(args("--no-discover", "--k8s-selector=app=x"))

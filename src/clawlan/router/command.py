@@ -48,6 +48,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", metavar="PEM", help="TLS private key")
     p.add_argument("--state-dir", metavar="DIR", help="where the router keeps its TLS identity (default ~/.local/state/clawlan/router)")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY, help=f"largest request body, more gets 413 (default {DEFAULT_MAX_BODY})")
+    p.add_argument("--k8s-selector", action="append", default=[], metavar="KEY=VALUE", help="in Kubernetes: route to the pods with these labels, found by vllm-router's pod discovery (repeatable; use with --no-discover)")
+    p.add_argument("--k8s-port", type=int, default=8080, help="the model servers' port in their pods (default 8080)")
+    p.add_argument("--k8s-namespace", metavar="NS", help="the namespace to watch (default: all, which needs cluster-wide RBAC)")
     p.add_argument("--router-port", type=int, default=0, help="vllm-router's own port on 127.0.0.1 (default: a free one)")
     p.add_argument("--metrics-port", type=int, default=29000, help="the router's Prometheus port (default 29000)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="the router's Prometheus bind address (default 127.0.0.1)")
@@ -58,7 +61,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    for name in ("port", "metrics_port", "router_port"):
+    for name in ("port", "metrics_port", "router_port", "k8s_port"):
         v = getattr(args, name)
         if not (0 if name == "router_port" else 1) <= v <= 65535:
             raise ConfigError(f"--{name.replace('_', '-')} {v}: a port is 1..65535")
@@ -71,8 +74,27 @@ def check(args: argparse.Namespace) -> None:
     for url in args.worker:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"--worker {url}: give a URL such as http://10.0.0.5:8080")
-    if not args.worker and not args.discover:
-        raise ConfigError("--no-discover needs at least one --worker URL")
+    for sel in args.k8s_selector:
+        if "=" not in sel or not sel.split("=", 1)[0]:
+            raise ConfigError(f"--k8s-selector {sel}: give a label as KEY=VALUE, e.g. app.kubernetes.io/component=model-server")
+    if args.k8s_selector and (args.worker or args.discover):
+        raise ConfigError("--k8s-selector: vllm-router's pod discovery keeps the worker list alone; "
+                          "use it with --no-discover and no --worker")
+    if not args.worker and not args.discover and not args.k8s_selector:
+        raise ConfigError("--no-discover needs at least one --worker URL or --k8s-selector")
+
+
+def options_from(args: argparse.Namespace) -> RouterOptions:
+    """What vllm-router is asked to do. It listens on loopback only: the LAN reaches it through our front
+    (TLS, error events, no worker-management paths); its URL (``process.url``) stays usable on this box."""
+    extra = list(args.router_arg)
+    if args.k8s_selector:  # Kubernetes pod discovery is vllm-router's own; we only pass it on
+        extra += ["--service-discovery", "--selector", *args.k8s_selector, "--service-discovery-port", str(args.k8s_port)]
+        extra += ["--service-discovery-namespace", args.k8s_namespace] if args.k8s_namespace else []
+    return RouterOptions(
+        host="127.0.0.1", port=args.router_port or free_port(), policy=args.policy, metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port, log_level="debug" if args.log_level == "debug" else "warning", extra=extra,
+    )  # fmt: skip
 
 
 class Router:
@@ -81,14 +103,7 @@ class Router:
     def __init__(self, args: argparse.Namespace) -> None:
         check(args)
         self.args = args
-        # vllm-router listens on loopback only: the LAN reaches it through our front (TLS, error events, no
-        # worker-management paths). Its URL (``process.url``) stays usable on this box.
-        options = RouterOptions(
-            host="127.0.0.1", port=args.router_port or free_port(), policy=args.policy, metrics_host=args.metrics_host,
-            metrics_port=args.metrics_port, log_level="debug" if args.log_level == "debug" else "warning",
-            extra=list(args.router_arg),
-        )  # fmt: skip
-        self.process = RouterProcess(options, args.router_binary)
+        self.process = RouterProcess(options_from(args), args.router_binary)
         self.lan = args.host not in ("127.0.0.1", "localhost", "::1")
         # Same rule as `clawlan serve`: HTTPS with our own identity on the LAN, plain on loopback unless asked.
         try:
@@ -119,11 +134,12 @@ class Router:
         self.front.start()
         if a.discover:
             self.browser = NodeBrowser(match=a.match, interfaces=a.mdns_interface or None, on_change=self._changed)
-        self.pool = Pool(
-            WorkerAdmin(self.process.url), static=a.worker,
-            discovered=self.browser.urls if self.browser else None, interval_s=a.sync_interval,
-        )  # fmt: skip
-        self.pool.start()
+        if not a.k8s_selector:  # in Kubernetes the worker list is vllm-router's own (pod discovery)
+            self.pool = Pool(
+                WorkerAdmin(self.process.url), static=a.worker,
+                discovered=self.browser.urls if self.browser else None, interval_s=a.sync_interval,
+            )  # fmt: skip
+            self.pool.start()
         if self.browser is not None:
             self.browser.start()
         if a.advertise if a.advertise is not None else self.lan:
