@@ -77,6 +77,27 @@ def test_prefix_cache_reported(backend):
     assert r.usage.prompt_tokens_details.cached_tokens >= r.usage.prompt_tokens - 1
 
 
+def test_render_route_gives_the_prompt_ids_a_generation_sees(backend):
+    """vLLM's render route, which vllm-router's cache_aware policy asks workers for before each chat."""
+    c = client(backend)
+    msgs = [{"role": "system", "content": "Answer briefly."}, *MESSAGES]
+    r = httpx.post(backend.base_url + "/v1/chat/completions/render", json={"model": "m", "messages": msgs}, timeout=30)
+    assert r.status_code == 200, r.text
+    ids = r.json()["token_ids"]
+    assert ids and all(isinstance(i, int) for i in ids)
+    done = c.chat.completions.create(model="m", messages=msgs, max_tokens=1, temperature=0)
+    assert done.usage.prompt_tokens == len(ids)
+    # A longer conversation's ids start with the shorter one's: what a prefix match needs.
+    longer = [*msgs, {"role": "assistant", "content": "Waves."}, {"role": "user", "content": "Another?"}]
+    more = httpx.post(backend.base_url + "/v1/chat/completions/render", json={"model": "m", "messages": longer}, timeout=30)
+    assert more.json()["token_ids"][: len(ids) - 2] == ids[: len(ids) - 2]
+    r = httpx.post(backend.base_url + "/v1/completions/render", json={"model": "m", "prompt": "The sea"}, timeout=30)
+    done = c.completions.create(model="m", prompt="The sea", max_tokens=1, temperature=0)
+    assert r.status_code == 200 and len(r.json()["token_ids"]) == done.usage.prompt_tokens
+    bad = httpx.post(backend.base_url + "/v1/chat/completions/render", json={"messages": "nope"}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_stop_string(backend):
     c = client(backend)
     full = c.completions.create(model="m", prompt="1, 2, 3, 4, 5,", max_tokens=20, temperature=0, extra_body={"ignore_eos": True})

@@ -147,6 +147,19 @@ class Service:
     async def completions(self, request: Request) -> Response:
         return await self._generate(request, chat=False)
 
+    async def render(self, request: Request) -> Response:
+        """vLLM's render route: the prompt's token ids, exactly as a generation would see them, and nothing
+        generated. vllm-router's cache_aware policy asks a worker for these before each chat request and
+        matches them against what each node has served; without it every decision falls back to load."""
+        chat = request.url.path.startswith("/v1/chat/")
+        try:
+            self._check_ready()
+            raw = await request.body()
+            _, _, tokens = await asyncio.to_thread(self.shaper.prepare, raw, chat)
+        except RequestError as exc:
+            return error_response(exc, {"Retry-After": "1"} if exc.status_code == 503 else None)
+        return JSONResponse({"token_ids": tokens})
+
     async def _generate(self, request: Request, chat: bool) -> Response:
         endpoint = "chat" if chat else "completions"
         try:
@@ -415,6 +428,8 @@ def create_app(settings: Settings, backend: Backend | None = None, load: bool = 
             Route("/v1/models", svc.admin.models),
             Route("/v1/chat/completions", svc.chat, methods=["POST"]),
             Route("/v1/completions", svc.completions, methods=["POST"]),
+            Route("/v1/chat/completions/render", svc.render, methods=["POST"]),
+            Route("/v1/completions/render", svc.render, methods=["POST"]),
         ],
         middleware=middleware,
         lifespan=lifespan,
