@@ -20,6 +20,12 @@ alone. With think times the gap is random, as it is for people. The bench
 prints, for round robin, the share of turns whose dispatch gap was a multiple
 of the node count (1/nodes when arrival is random).
 
+cache_aware in vllm-router 0.1.17 matches token ids, which it asks each worker
+for (``POST /v1/chat/completions/render``); ``clawlan serve`` has no such route,
+so it routes by load alone. The bench prints the router's own count of its
+prefix decisions (``missing_tokens`` is that case), and ``--render-shim`` puts
+``bench/render_shim.py`` before each node to answer the route.
+
 Figures: per run, pooled over runs, and a 95% bootstrap interval of the
 pooled ratio over conversations (the unit that varies). ``router_cache_sim.py``
 computes the ratio the shape should give. ``--concurrency 1`` runs one request
@@ -34,6 +40,7 @@ host RAM for idle entries (clawlan serve's default, 2048). The bench prints the
 working set (every conversation's final history) beside it.
 
     python bench/router_cache.py --nodes 3 --repeats 6     # starts 3 `clawlan serve --threads 1`
+    python bench/router_cache.py --nodes 3 --repeats 8 --render-shim
     python bench/router_cache.py --worker http://a:8080 --worker http://b:8080
 """
 
@@ -267,6 +274,24 @@ def summarise(policy: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
+def pool(paths: list[str]) -> int:
+    """Figures over the runs of several result files (same shape, different seeds)."""
+    docs = [json.loads(Path(x).read_text()) for x in paths]
+    policies = [k for k in docs[0]["results"] if k != "ratio"]
+    merged = {p: summarise(p, [r for d in docs for r in d["results"][p]["runs"]]) for p in policies}
+    for policy, r in merged.items():
+        print(f"{policy:>14}: {r['cached_tokens']}/{r['prompt_tokens']} = {r['cached_share']:.1%} over {len(r['runs'])} runs, "
+              f"{len(r['per_conversation'])} conversations; round robin's same-node gaps {r['aligned_share']:.0%}")  # fmt: skip
+    if len(policies) == 2:
+        a, b = (merged[p] for p in policies)
+        lo, hi = bootstrap_ratio(a["per_conversation"], b["per_conversation"])
+        per_run = [x["cached_share"] / y["cached_share"] for x, y in zip(a["runs"], b["runs"], strict=True)]
+        print(f"{policies[0]} / {policies[1]}: {a['cached_share'] / b['cached_share']:.2f}x pooled "
+              f"(95% bootstrap over conversations {lo:.2f}-{hi:.2f}x; per run {min(per_run):.2f}-{max(per_run):.2f}, "
+              f"{sum(x < 2 for x in per_run)} of {len(per_run)} below 2x)")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nodes", type=int, default=3, help="start this many local nodes (ignored with --worker)")
@@ -291,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render-shim", action="store_true",
                    help="put bench/render_shim.py before each node, so cache_aware gets the token ids it asks for")  # fmt: skip
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--pool", nargs="+", metavar="JSON", help="no run: pool the runs in these result files and print the figures")
     args = p.parse_args(argv)
+    if args.pool:
+        return pool(args.pool)
     args.kv_tokens = args.kv_tokens or 2 * args.ctx
     args.concurrency = args.concurrency or args.conversations
     started = [] if args.worker else start_nodes(args.nodes, args.base_port, args)
