@@ -15,8 +15,9 @@ between. In lock-step traffic (``--think-s 0``: ``--concurrency`` threads, each
 sending its conversation's next turn the moment the last is answered) that gap
 is about ``concurrency`` requests every time; when it is a multiple of the node
 count round robin sends every turn back to the node that holds the history,
-and when it is not, never. Earlier runs swung between 1.7x and 3.4x on that
-alone. With think times the gap is random, as it is for people. The bench
+and when it is not, never; in practice it depends on how well the rotation
+holds in a run, and round robin's share swung between runs on that alone. With
+think times the gap is random, as it is for people. The bench
 prints, for round robin, the share of turns whose dispatch gap was a multiple
 of the node count (1/nodes when arrival is random).
 
