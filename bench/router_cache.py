@@ -22,10 +22,9 @@ prints, for round robin, the share of turns whose dispatch gap was a multiple
 of the node count (1/nodes when arrival is random).
 
 cache_aware in vllm-router 0.1.17 matches token ids, which it asks each worker
-for (``POST /v1/chat/completions/render``); ``clawlan serve`` has no such route,
-so it routes by load alone. The bench prints the router's own count of its
-prefix decisions (``missing_tokens`` is that case), and ``--render-shim`` puts
-``bench/render_shim.py`` before each node to answer the route.
+for (``POST /v1/chat/completions/render``, which ``clawlan serve`` answers); a
+node without the route gets every decision by load alone. The bench prints the
+router's own count of its prefix decisions (``missing_tokens`` is that case).
 
 Figures: per run, pooled over runs, and a 95% bootstrap interval of the
 pooled ratio over conversations (the unit that varies). ``router_cache_sim.py``
@@ -41,7 +40,6 @@ host RAM for idle entries (clawlan serve's default, 2048). The bench prints the
 working set (every conversation's final history) beside it.
 
     python bench/router_cache.py --nodes 3 --repeats 6     # starts 3 `clawlan serve --threads 1`
-    python bench/router_cache.py --nodes 3 --repeats 8 --render-shim
     python bench/router_cache.py --worker http://a:8080 --worker http://b:8080
 """
 
@@ -235,8 +233,8 @@ def start_nodes(n: int, base_port: int, args: argparse.Namespace) -> list[tuple[
 
 
 def run_once(policy: str, targets: list[str], workers: list[str], args: argparse.Namespace, k: int, text_seed: int) -> dict[str, Any]:
-    """One run of the workload through a fresh router with ``policy`` over ``targets`` (the nodes, or
-    their render shims); ``workers`` are the nodes themselves, for their counters."""
+    """One run of the workload through a fresh router with ``policy`` over ``targets`` ; ``workers`` are
+    the nodes themselves, for their counters (the same URLs unless something stands before them)."""
     sys.path.insert(0, str(ROOT / "src"))
     from clawlan.cli import build_parser
     from clawlan.router.command import Router
@@ -314,8 +312,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--think-s", type=float, default=10.0, help="mean seconds a user thinks between turns (0: lock-step)")
     p.add_argument("--repeats", type=int, default=1, help="runs per policy, seeds --seed, --seed+1, ...; policies alternate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--render-shim", action="store_true",
-                   help="put bench/render_shim.py before each node, so cache_aware gets the token ids it asks for")  # fmt: skip
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--pool", nargs="+", metavar="JSON", help="no run: pool the runs in these result files and print the figures")
     args = p.parse_args(argv)
@@ -325,19 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     args.concurrency = args.concurrency or args.conversations
     started = [] if args.worker else start_nodes(args.nodes, args.base_port, args)
     workers = args.worker or [url for _, url in started]
-    targets, shims = workers, []
-    if args.render_shim:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import render_shim
-
-        renderer = render_shim.Renderer()
-        shims = [render_shim.serve(w, args.base_port + 50 + i, renderer) for i, w in enumerate(workers)]
-        targets = [f"http://127.0.0.1:{args.base_port + 50 + i}" for i in range(len(workers))]
+    targets = workers
     policies = args.policies.split(",")
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
     print(f"{len(workers)} nodes, each: {args.kv_tokens} KV cells + {args.cache_ram_mb} MiB host RAM of prefix cache; "
           f"{args.conversations} conversations x {args.turns} turns, {args.concurrency} users at once, "
-          f"think {args.think_s:g} s mean{'; render shims before the nodes' if shims else ''}", flush=True)  # fmt: skip
+          f"think {args.think_s:g} s mean", flush=True)  # fmt: skip
     try:
         for k in range(args.repeats):
             for i, policy in enumerate(policies):
@@ -348,8 +337,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"gap a multiple of {len(workers)}: {r['aligned_share']:.0%}, prefix decisions {r['prefix_decisions']})",
                       flush=True)  # fmt: skip
     finally:
-        for shim in shims:
-            shim.shutdown()
         for proc, _ in started:
             proc.send_signal(signal.SIGTERM)
         for proc, _ in started:

@@ -68,7 +68,10 @@ def test_clawlan_bench_through_the_router(routed, tmp_path, capsys):
 
 def test_cache_aware_serves_at_least_twice_round_robins_share_from_cache(make_router, nodes):
     """A light version of bench/router_cache.py: 5 conversations x 3 turns, history re-sent each turn,
-    one request at a time (deterministic; the bench runs conversations concurrently)."""
+    one request at a time (deterministic; the bench runs conversations concurrently). One request at a
+    time, routing by load alone also puts every turn on one node, so the router must also report that
+    it matched prefixes: vllm-router asks each worker for the prompt's ids (POST
+    /v1/chat/completions/render) and, without them, counts every decision as missing_tokens."""
     bench = load("router_cache", ROOT / "bench" / "router_cache.py")
     shares = {}
     for i, policy in enumerate(["cache_aware", "round_robin"]):
@@ -79,6 +82,9 @@ def test_cache_aware_serves_at_least_twice_round_robins_share_from_cache(make_ro
                                max_tokens=12, seed=7, text_seed=100 + i)
         assert r["failed"] == 0
         shares[policy] = r["cached_share"]
+        if policy == "cache_aware":
+            decisions = bench.prefix_decisions(f"http://127.0.0.1:{router.process.options.metrics_port}/metrics")
+            assert decisions.get("prefix_hit", 0) >= 5 * 2 and not decisions.get("missing_tokens"), decisions
         router.stop()
     assert shares["cache_aware"] >= 2 * shares["round_robin"], shares
 
