@@ -111,7 +111,7 @@ def test_sigkill_mid_run_loses_no_request_and_ends_the_stream_with_an_error_even
     c = httpx.Client(base_url=router.url, timeout=httpx.Timeout(120, read=60))
     shared = "You keep the office's IT notes. " + " ".join(f"note {i}: the printer on floor {i % 4} needs toner." for i in range(60))
     # The running stream is read by the openai client, as OpenClaw and scripts read it.
-    oa = openai.OpenAI(base_url=router.url + "/v1", api_key="none", max_retries=0, timeout=httpx.Timeout(120, read=60))
+    oa = openai.OpenAI(base_url=router.url + "/v1", api_key="none", max_retries=0, timeout=openai.Timeout(120, read=60))  # openai's own type: newer openai releases reject httpx's
     stream = oa.chat.completions.create(
         model="m", messages=[{"role": "system", "content": shared}, {"role": "user", "content": "Write a long report."}],
         max_tokens=2000, temperature=0, stream=True, extra_body={"ignore_eos": True})  # fmt: skip
