@@ -51,6 +51,11 @@ class EngineError(ClawlanError):
     """The inference engine failed (llama.cpp returned an error)."""
 
 
+def error_body(message: str, code: str | None, error_type: str = "server_error", param: str | None = None) -> dict:
+    """The body OpenAI's API sends for an error: one shape for every refusal, JSON or SSE."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
 class RequestError(ClawlanError):
     """An API request that cannot be served; maps onto an HTTP status."""
 
@@ -67,7 +72,7 @@ class RequestError(ClawlanError):
 
     def to_body(self) -> dict:
         """The body OpenAI's API sends for an error."""
-        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+        return error_body(self.message, self.code, self.error_type, self.param)
 
 
 class InvalidRequest(RequestError):

@@ -473,7 +473,7 @@ def build_app(cfg: FrontConfig) -> Starlette:
     guard = Middleware(security.WebGuard, allowed_hosts=names(), refresh=names)
 
     def body_cap(path: str) -> int:
-        return documents.MAX_BYTES if path.endswith("/documents") else cfg.max_body_bytes
+        return documents.MAX_BYTES if security.is_upload(path) else cfg.max_body_bytes
 
     # Inside the guard (its refusals come first, and its headers go on these 413/408 answers too). Bodies
     # are counted as they stream in, so an oversized one is refused at its cap, never buffered whole.

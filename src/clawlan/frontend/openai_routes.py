@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from clawlan.errors import NotFound
+from clawlan.errors import NotFound, error_body
 from clawlan.frontend import security
 from clawlan.frontend.proxy import UpstreamError
 
@@ -56,8 +56,7 @@ def routes(fe: Frontend) -> list[Route]:
             except Exception as exc:  # noqa: BLE001 - mid-stream: tell an SSE client in its own terms
                 fe.discoverer.invalidate(opened.backend.base_url)
                 if "text/event-stream" in opened.response.headers.get("content-type", ""):
-                    err = {"error": {"message": f"back end lost mid-answer ({type(exc).__name__})",
-                                     "type": "server_error", "param": None, "code": "backend_lost"}}
+                    err = error_body(f"back end lost mid-answer ({type(exc).__name__})", "backend_lost")
                     yield f"data: {json.dumps(err)}\n\n".encode()
             finally:
                 if ticket:

@@ -29,6 +29,7 @@ import httpx
 
 from clawlan.discovery.browser import Backend, Discoverer
 from clawlan.discovery.trust import TrustStore, fetch_certificate, fingerprint_of_der, pinned_context
+from clawlan.errors import error_body
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class UpstreamError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
-        self.body = body or {"error": {"message": message, "type": "server_error", "param": None, "code": "backend_unavailable"}}
+        self.body = body or error_body(message, "backend_unavailable")
 
 
 @dataclass

@@ -36,11 +36,18 @@ from urllib.parse import unquote, urlsplit
 
 import psutil
 
+from clawlan.errors import error_body
+
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
                    Awaitable[None]]
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def is_upload(path: str) -> bool:
+    """A document upload (``POST /api/conversations/{id}/documents``): a raw body with its own size cap."""
+    return path.endswith("/documents")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
@@ -151,14 +158,13 @@ class WebGuard:
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
             return None
-        if "x-filename" in headers and scope["path"].endswith("/documents"):
+        if "x-filename" in headers and is_upload(scope["path"]):
             return None  # an upload: a custom header, which no cross-site page can send without a preflight
         return 415, "unsupported_media_type", "send JSON (content-type: application/json)"
 
     @staticmethod
     async def _refuse(send: Any, status: int, code: str, message: str) -> None:
-        body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                     "code": code}}).encode()
+        body = json.dumps(error_body(message, code, "invalid_request_error")).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 *SECURITY_HEADERS]})

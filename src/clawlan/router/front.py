@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from clawlan.errors import ConfigError
+from clawlan.errors import ConfigError, error_body
 from clawlan.web.identity import Identity
 from clawlan.web.limits import BodyLimitMiddleware, guarded_protocol
 
@@ -56,10 +56,6 @@ MAX_PARTIAL_EVENT = 1 << 20  # an SSE event longer than this is passed on unfini
 DEFAULT_MAX_BODY = 4 * 1024 * 1024  # the server's server.max_body_bytes default
 DEFAULT_BODY_TIMEOUT_S = 30.0  # the server's server.body_timeout_ms default
 DEFAULT_HEADER_TIMEOUT_S = 10.0  # the server's server.header_timeout_ms default
-
-
-def error_body(message: str, code: str, kind: str = "server_error") -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 def error_event(message: str, code: str = "upstream_stream_lost") -> bytes:

@@ -37,7 +37,7 @@ from clawlan import __version__
 from clawlan.config import Settings
 from clawlan.engine.request import Event, TokenLogprob
 from clawlan.engine.request import Request as EngineRequest
-from clawlan.errors import Overloaded, RequestError, RequestTimeout
+from clawlan.errors import Overloaded, RequestError, RequestTimeout, error_body
 from clawlan.server.admin import Admin
 from clawlan.server.backend import Backend
 from clawlan.server.logprobs import CompletionLogprobs, chat_content
@@ -246,7 +246,7 @@ class Service:
         if last.finish_reason == "error":
             self.metrics.requests.labels(endpoint, "500").inc()
             return JSONResponse(
-                {"error": {"message": last.error or "generation failed", "type": "server_error", "param": None, "code": "engine_error"}},
+                error_body(last.error or "generation failed", "engine_error"),
                 status_code=500,
             )
         self.metrics.requests.labels(endpoint, "200").inc()
@@ -356,7 +356,7 @@ class Service:
                     continue
                 if ev.finish_reason == "error":
                     status = "500"
-                    err = {"error": {"message": ev.error or "generation failed", "type": "server_error", "param": None, "code": "engine_error"}}
+                    err = error_body(ev.error or "generation failed", "engine_error")
                     yield "data: " + json.dumps(err) + "\n\n"
                     return
                 for d in deltas(ev.text, final=True):
@@ -383,13 +383,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
     """404 and 405 in OpenAI's error shape rather than Starlette's plain text."""
     assert isinstance(exc, HTTPException)
     code = "not_found" if exc.status_code == 404 else "method_not_allowed"
-    body = {"error": {"message": f"{request.method} {request.url.path}: {exc.detail}", "type": "invalid_request_error", "param": None, "code": code}}
+    body = error_body(f"{request.method} {request.url.path}: {exc.detail}", code, "invalid_request_error")
     return JSONResponse(body, status_code=exc.status_code)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
-    body = {"error": {"message": f"internal error: {type(exc).__name__}", "type": "server_error", "param": None, "code": "internal_error"}}
+    body = error_body(f"internal error: {type(exc).__name__}", "internal_error")
     return JSONResponse(body, status_code=500)
 
 
